@@ -1,0 +1,4 @@
+from reglab.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""Command line of the workflow's steps: ``python -m reglab <step> ...``; each rule calls one step.
+
+Bad arguments or unreadable inputs end with a one-line error naming the problem (exit status 2)
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A bad argument or input file, reported as one line."""
+
+
+def json_object(text: str) -> dict:
+    """argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def seed_list(text: str) -> list[int]:
+    """argparse type: comma-separated non-negative integers."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be distinct non-negative integers")
+    return seeds
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def existing_file(text: str) -> Path:
+    """argparse type: a path to an existing file."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {text}")
+    return path
+
+
+def existing_dir(text: str) -> Path:
+    """argparse type: a path to an existing directory."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"directory not found: {text}")
+    return path
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from reglab.data import make_dataset, save_dataset
+
+    save_dataset(make_dataset(args.spec), args.out)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from reglab.data import load_dataset
+    from reglab.results import write_run
+    from reglab.train import train
+
+    started = now()
+    data = load_dataset(args.dataset)
+    result = train(args.spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator)
+    write_run(args.outdir, args.spec, result, args.chunk, started)
+    acc = result.final["test_acc"]
+    print(f"{args.spec['study']}/{args.spec['variant']} seeds {args.seeds}: test accuracy "
+          f"{acc.mean():.3f} +- {acc.std():.3f}, fit {result.fit_time_s:.1f}s")
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from reglab.aggregate import aggregate_study
+
+    aggregate_study(args.runs, args.outdir)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from reglab.provenance import git_state, machine, versions
+    from reglab.report import render_report
+
+    info = {}
+    if args.run_info is not None and args.run_info.is_file():
+        info = json.loads(args.run_info.read_text())
+    finished = dt.datetime.now(dt.timezone.utc)
+    prov = {
+        "command": info.get("command", "unknown"),
+        "started": info.get("started", "unknown"),
+        "report rendered": finished.isoformat(timespec="seconds"),
+        "git": git_state(),
+        "config hash": args.config_hash,
+        "versions": versions(),
+        **machine(),
+        "threads per training job": args.config.get("threads"),
+    }
+    if "started" in info:
+        prov["wall time"] = f"{(finished - dt.datetime.fromisoformat(info['started'])).total_seconds():.0f} s"
+    render_report(args.config, args.results, args.out, provenance=prov)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reglab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dataset", help="generate one dataset")
+    p.add_argument("--spec", type=json_object, required=True, help="the dataset's config entry as JSON")
+    p.add_argument("--out", type=Path, required=True, help="npz file to write")
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("train", help="train one chunk of a variant's seeds")
+    p.add_argument("--spec", type=json_object, required=True, help="the variant spec as JSON")
+    p.add_argument("--dataset", type=existing_file, required=True, help="dataset npz")
+    p.add_argument("--seeds", type=seed_list, required=True, help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--chunk", type=int, default=0, help="chunk index (recorded)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu")
+    p.add_argument("--outdir", type=Path, required=True, help="run directory to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("aggregate", help="aggregate one study's runs")
+    p.add_argument("--runs", type=existing_dir, nargs="+", required=True, help="run directories")
+    p.add_argument("--outdir", type=Path, required=True, help="directory for the aggregate CSVs")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("report", help="render report/index.html")
+    p.add_argument("--config", type=json_object, required=True, help="the validated config as JSON")
+    p.add_argument("--config-hash", default="unknown", help="hash of the validated config")
+    p.add_argument("--results", type=existing_dir, required=True, help="results directory")
+    p.add_argument("--run-info", type=Path, default=None, help="JSON with the workflow's command and start time")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from reglab.config import ConfigError
+    from reglab.data import DataError
+
+    errors: tuple[type[Exception], ...] = (UsageError, ConfigError, DataError)
+    try:
+        from reglab.aggregate import ResultsError
+
+        errors += (ResultsError,)
+    except ImportError:
+        pass
+    try:
+        args.func(args)
+    except errors as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Load and validate the workflow config; expand it into variant specs and training jobs.
+
+The JSON schema (workflow/schemas/config.schema.yaml) checks each value and supplies defaults;
+`validate_config` adds the checks a schema cannot express (cross-references between sections).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import reprlib
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+LAYER_TYPES = ("dense", "batch_norm", "dropout", "gaussian_noise", "activation")
+
+
+class ConfigError(ValueError):
+    """An invalid config: `config error [in FILE] [at KEY.PATH[i]]: what is wrong`.
+
+    `source` is the config file's name; None or "config" (no file known) leaves out the `in FILE` part.
+    """
+
+    def __init__(self, message: str, path=(), source: str | None = None):
+        self.message, self.path, self.source = message, tuple(path), source
+        where = f" in {source}" if source not in (None, "config") else ""
+        where += f" at {format_path(path)}" if path else ""
+        super().__init__(f"config error{where}: {message}")
+
+
+def format_path(path) -> str:
+    """Key path as text: dots between keys, [i] for list indices (`studies.s.variants.v[1].dense`)."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def load_config(path) -> dict:
+    """Read a YAML config file into a dict (not yet validated)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=str(path)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read file ({e.strerror})", source=str(path)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"invalid YAML{where}: {problem}", source=str(path)) from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"the top level must be a mapping of keys, got {got}", source=str(path))
+    return data
+
+
+def validate_config(config: dict, schema_path=SCHEMA_PATH, source: str = "config") -> dict:
+    """Return a validated copy of `config` with every schema default (and each study's seeds) filled in.
+
+    Raises ConfigError; `source` (the config file's name, when known) is named in its message.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = Draft202012Validator(schema)
+    error = best_match(validator.iter_errors(config))
+    if error is not None:
+        while error.parent is not None:  # best_match descends into oneOf branches; _describe picks one itself
+            error = error.parent
+        path, message = _describe(error)
+        raise ConfigError(message, path, source)
+    config = copy.deepcopy(config)
+    _fill_defaults(config, schema, schema, validator)
+    for study in config["studies"].values():
+        study.setdefault("seeds", config["seeds"])
+    for path, message in _cross_reference_errors(config):
+        raise ConfigError(message, path, source)  # the first problem found
+    return config
+
+
+def _describe(error: ValidationError) -> tuple[list, str]:
+    """Key path and a readable message for one schema error."""
+    path, schema, instance = list(error.absolute_path), error.schema, error.instance
+    kind = error.validator
+    if "propertyNames" in error.relative_schema_path:
+        pattern = schema.get("pattern", "^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+        return path, (f"invalid name {instance!r}: names must match {pattern} "
+                      "(a letter or digit, then letters, digits, '_', '.' or '-')")
+    if kind == "additionalProperties" and schema.get("additionalProperties") is False:
+        allowed = list(schema.get("properties", {}))
+        unknown = [key for key in instance if key not in allowed]
+        what = "layer" if schema.get("title") == "layer" else "key"
+        return path, f"unknown {what} {unknown[0]!r} (allowed: {', '.join(allowed)})"
+    if kind in ("minProperties", "maxProperties") and schema.get("title") == "layer":
+        got = ", ".join(map(repr, instance)) or "none"
+        return path, f"a layer must have exactly one key, its type (one of: {', '.join(LAYER_TYPES)}); got {got}"
+    if kind in ("minProperties", "minItems") and error.validator_value == 1:
+        return path, "must not be empty"
+    if kind == "oneOf":
+        return _describe_one_of(error)
+    if kind == "type" and isinstance(instance, str) and "e" in instance.lower() and _is_number(instance):
+        return path, (f"{instance!r} is a string, not a number: YAML reads exponents without a "
+                      "decimal point as text (write e.g. 1.0e-7)")
+    message = error.message
+    if kind == "type":
+        message = f"{reprlib.repr(instance)} is not of type {error.validator_value!r}"
+    return path, message
+
+
+def _describe_one_of(error: ValidationError) -> tuple[list, str]:
+    """Explain a oneOf failure: the branches are told apart by their `name` constant (the optimizer)."""
+    names = [branch.get("properties", {}).get("name", {}).get("const") for branch in error.validator_value]
+    name = error.instance.get("name") if isinstance(error.instance, dict) else None
+    if name in names:
+        index = names.index(name)
+        branch_errors = [e for e in error.context if e.relative_schema_path[0] == index]
+        return _describe(best_match(branch_errors))
+    what = error.schema.get("title", "name")
+    return list(error.absolute_path), f"unknown {what} {name!r} (allowed: {', '.join(map(str, names))})"
+
+
+def _is_number(text: str) -> bool:
+    """Whether a string parses as a float (so a YAML number was read as text)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    """Follow a local `$ref` (`#/$defs/...`) in `schema`; other schemas are returned as they are."""
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    target = root
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return _resolve(target, root)
+
+
+def _fill_defaults(instance, schema: dict, root: dict, validator: Draft202012Validator) -> None:
+    """Insert schema `default`s for missing keys, in place, everywhere in an already valid instance."""
+    schema = _resolve(schema, root)
+    if isinstance(instance, dict):
+        properties = schema.get("properties", {})
+        for key, sub in properties.items():
+            sub = _resolve(sub, root)
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub, root, validator)
+        if isinstance(schema.get("additionalProperties"), dict):
+            for key in instance.keys() - properties.keys():
+                _fill_defaults(instance[key], schema["additionalProperties"], root, validator)
+    if isinstance(instance, list) and "items" in schema:
+        for item in instance:
+            _fill_defaults(item, schema["items"], root, validator)
+    for branch in schema.get("oneOf", []):
+        if validator.evolve(schema=branch).is_valid(instance):
+            _fill_defaults(instance, branch, root, validator)
+    for part in schema.get("allOf", []):
+        if "if" in part and validator.evolve(schema=part["if"]).is_valid(instance):
+            _fill_defaults(instance, part.get("then", {}), root, validator)
+
+
+def _cross_reference_errors(config: dict):
+    """Yield (key path, message) for what the schema cannot check: references between sections."""
+    datasets, studies = config["datasets"], config["studies"]
+    for name, dataset in datasets.items():
+        n_samples = dataset["params"]["n_samples"]
+        if dataset["n_train"] >= n_samples:
+            yield (["datasets", name, "n_train"],
+                   f"n_train ({dataset['n_train']}) must be less than params.n_samples ({n_samples}) "
+                   "so that the test set is not empty")
+    for name, study in studies.items():
+        if study["dataset"] not in datasets:
+            yield (["studies", name, "dataset"],
+                   f"unknown dataset {study['dataset']!r} (defined: {', '.join(datasets)})")
+        for variant, layers in study["variants"].items():
+            last = layers[-1].get("dense", {})
+            if last.get("units") != 1 or last.get("activation") != "sigmoid":
+                yield (["studies", name, "variants", variant, len(layers) - 1],
+                       "the last layer must be dense with units: 1 and activation: sigmoid "
+                       f"(every model is a binary classifier), got {layers[-1]}")
+    seen = {}
+    for i, claim in enumerate(config["claims"]):
+        if claim["id"] in seen:
+            yield ["claims", i, "id"], f"duplicate claim id {claim['id']!r} (also claims[{seen[claim['id']]}])"
+        seen.setdefault(claim["id"], i)
+        if claim["study"] not in studies:
+            yield ["claims", i, "study"], f"unknown study {claim['study']!r} (defined: {', '.join(studies)})"
+            continue
+        variants = studies[claim["study"]]["variants"]
+        for key in ("variant", "compare_to"):
+            if key in claim and claim[key] not in variants:
+                yield (["claims", i, key], f"unknown variant {claim[key]!r} in study {claim['study']!r} "
+                       f"(defined: {', '.join(variants)})")
+
+
+def seeds_for(config: dict, study: str) -> list[int]:
+    """The seeds of a study in a validated config: 0..n-1."""
+    return list(range(config["studies"][study]["seeds"]))
+
+
+def variant_spec(config: dict, study: str, variant: str) -> dict:
+    """Everything one training job needs to build and train a variant (and nothing else, so it hashes well)."""
+    entry = config["studies"][study]
+    return copy.deepcopy({
+        "study": study,
+        "variant": variant,
+        "dataset": {"name": entry["dataset"], **config["datasets"][entry["dataset"]]},
+        "training": entry["training"],
+        "layers": entry["variants"][variant],
+    })
+
+
+def spec_hash(spec: dict) -> str:
+    """First 16 hex digits of the sha256 of the spec as canonical JSON."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _chunks(config: dict, study: str) -> list[list[int]]:
+    """A study's seeds split into consecutive chunks of `seeds_per_job` (one chunk when it is null)."""
+    seeds = seeds_for(config, study)
+    size = config["seeds_per_job"] or len(seeds)
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
+def chunk_seeds(config: dict, study: str, chunk: int) -> list[int]:
+    """The seeds that training job `chunk` (counted from 0) of a study trains."""
+    chunks = _chunks(config, study)
+    if not 0 <= chunk < len(chunks):
+        raise ValueError(f"study {study!r} has {len(chunks)} chunk(s) of seeds; there is no chunk {chunk}")
+    return chunks[chunk]
+
+
+def training_jobs(config: dict) -> list[dict]:
+    """One job per (study, variant, chunk of seeds): dicts with keys study, variant, chunk, seeds."""
+    return [
+        {"study": study, "variant": variant, "chunk": k, "seeds": seeds}
+        for study, entry in config["studies"].items()
+        for variant in entry["variants"]
+        for k, seeds in enumerate(_chunks(config, study))
+    ]

@@ -1,0 +1,100 @@
+"""The LightningModule that trains S replicas of one variant at once.
+
+One Lightning training step is one Keras epoch for all replicas: each replica walks its own
+shuffled order of the training set in mini-batches (``batch_size``, last partial batch kept), then
+the test set is evaluated in inference mode. The loss is the sum of the replicas' mean losses, so
+each replica's weights receive exactly the gradient of its own independent training.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from reglab.model import STREAM_SHUFFLE, ReplicaNet, seed_generator
+from reglab.optim import make_optimizer
+
+HISTORY_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def shuffle_orders(seeds: list[int], epochs: int, n: int) -> torch.Tensor:
+    """Each seed's own permutation of ``range(n)`` for every epoch: ``[epochs, S, n]``."""
+    orders = [
+        torch.argsort(torch.rand(epochs, n, generator=seed_generator(s, STREAM_SHUFFLE)), dim=1)
+        for s in seeds
+    ]
+    return torch.stack(orders, dim=1)
+
+
+class ReplicaClassifier(pl.LightningModule):
+    """S replicas of a binary classifier trained together with Keras' ``fit`` semantics."""
+
+    def __init__(self, spec: dict, seeds: list[int], data: dict) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.spec = spec
+        self.epochs = int(spec["training"]["epochs"])
+        self.batch_size = int(spec["training"]["batch_size"])
+        x_train = torch.as_tensor(data["x_train"], dtype=torch.float32)
+        self.net = ReplicaNet(spec["layers"], x_train.shape[1], seeds)
+        s = self.net.replicas
+        self.register_buffer("x_train", x_train, persistent=False)
+        self.register_buffer("y_train", torch.as_tensor(data["y_train"], dtype=torch.float32), persistent=False)
+        x_test = torch.as_tensor(data["x_test"], dtype=torch.float32)
+        self.register_buffer("x_test", x_test.expand(s, -1, -1).contiguous(), persistent=False)
+        self.register_buffer("y_test", torch.as_tensor(data["y_test"], dtype=torch.float32).expand(s, -1), persistent=False)
+        self.register_buffer("orders", shuffle_orders(seeds, self.epochs, len(x_train)), persistent=False)
+        self.history = {m: torch.full((self.epochs, s), float("nan")) for m in HISTORY_METRICS}
+        self.epoch_time = torch.full((self.epochs,), float("nan"), dtype=torch.float64)
+
+    def configure_optimizers(self):
+        return make_optimizer(self.net.parameters(), self.spec["training"]["optimizer"])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(range(self.epochs), batch_size=None, shuffle=False)
+
+    def on_fit_start(self) -> None:
+        self.net.reset_noise(self.device)
+
+    def training_step(self, epoch: torch.Tensor, batch_idx: int) -> None:
+        start = time.perf_counter()
+        epoch = int(epoch)
+        opt = self.optimizers(use_pl_optimizer=False)
+        self.net.train()
+        order = self.orders[epoch]
+        n = order.shape[1]
+        loss_sum = torch.zeros(self.net.replicas, device=self.device)
+        correct = torch.zeros_like(loss_sum)
+        for lo in range(0, n, self.batch_size):
+            idx = order[:, lo : lo + self.batch_size]
+            xb, yb = self.x_train[idx], self.y_train[idx]
+            logits = self.net(xb)
+            losses = F.binary_cross_entropy_with_logits(logits, yb, reduction="none").mean(dim=1)
+            opt.zero_grad(set_to_none=False)
+            self.manual_backward(losses.sum())
+            opt.step()
+            with torch.no_grad():
+                loss_sum += losses.detach() * idx.shape[1]
+                correct += ((logits > 0) == (yb > 0.5)).sum(dim=1)
+        test_loss, test_acc = self.evaluate(self.x_test, self.y_test)
+        h = self.history
+        h["train_loss"][epoch] = (loss_sum / n).cpu()
+        h["train_acc"][epoch] = (correct / n).cpu()
+        h["test_loss"][epoch] = test_loss.cpu()
+        h["test_acc"][epoch] = test_acc.cpu()
+        self.epoch_time[epoch] = time.perf_counter() - start
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-replica loss and accuracy ``[S]`` in inference mode; ``x`` is ``[S, N, in]``."""
+        was_training = self.net.training
+        self.net.eval()
+        logits = self.net(x)
+        self.net.train(was_training)
+        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=1)
+        acc = ((logits > 0) == (y > 0.5)).float().mean(dim=1)
+        return loss, acc

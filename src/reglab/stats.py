@@ -1,0 +1,325 @@
+"""Statistics for the report: confidence intervals, tests, effect sizes, claim checks.
+
+Claims are checked declaratively from their config entry (no claim-specific code):
+
+* a claim says ``D <direction> threshold`` where ``D`` is the per-seed ``metric`` of ``variant``
+  (one-sample) or the shift between ``variant`` and ``compare_to`` (two-sample, ``a - b``);
+* two-sample: Mann-Whitney U of ``a - threshold`` against ``b`` (primary: accuracies are
+  discrete and bounded), Welch's t reported beside it; one-sample: Wilcoxon signed-rank of
+  ``metric - threshold`` (exact for small n, ties included), one-sample t beside it;
+* tests are one-sided: ``supported`` when significant at ``alpha`` in the claimed direction,
+  ``contradicted`` when significant in the opposite direction, else ``inconclusive``;
+* ``epochs_to_80`` of a seed that never reached 80% counts as +inf (worse than any epoch) in
+  the rank tests; t-tests and means use the seeds that reached it;
+* fewer than 3 values in a group, or no data, gives ``inconclusive`` without a test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+METRICS = (
+    "final_test_acc",
+    "final_train_acc",
+    "generalisation_gap",
+    "epochs_to_80",
+    "peak_test_acc",
+    "peak_epoch",
+    "overfit_drop",
+    "test_acc_volatility",
+)
+#: metrics whose missing value means "never": the value it counts as in rank tests
+NEVER_VALUE = {"epochs_to_80": math.inf}
+MIN_N = 3
+_OPPOSITE = {"greater": "less", "less": "greater"}
+
+
+# --------------------------------------------------------------------------- descriptive
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided t confidence interval of the finite values (NaN bounds when n < 2)."""
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    m = float(x.mean())
+    if x.size == 1:
+        return (m, math.nan, math.nan)
+    half = float(st.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return (m, m - half, m + half)
+
+
+def _finite(x) -> np.ndarray:
+    """The finite entries of ``x`` as a float array."""
+    x = np.asarray(x, dtype=float).ravel()
+    return x[np.isfinite(x)]
+
+
+def _degenerate_p(diff: float, alternative: str) -> tuple[float, float]:
+    """(statistic, p) in the zero-variance limit of a t-test with mean difference ``diff``."""
+    if diff == 0:
+        return 0.0, (1.0 if alternative == "two-sided" else 0.5)
+    stat = math.copysign(math.inf, diff)
+    if alternative == "two-sided":
+        return stat, 0.0
+    return stat, 0.0 if (diff > 0) == (alternative == "greater") else 1.0
+
+
+# --------------------------------------------------------------------------- t-tests
+def welch_t(a, b, alternative: str = "two-sided") -> dict:
+    """Welch's unequal-variance t-test on the finite values: {statistic, p_value, df}.
+
+    Zero variance in both groups gives the limit (t = +-inf, p = 0 or 1; equal means t = 0).
+    """
+    a, b = _finite(a), _finite(b)
+    if a.size < 2 or b.size < 2:
+        return {"statistic": math.nan, "p_value": math.nan, "df": math.nan}
+    if a.var(ddof=1) + b.var(ddof=1) == 0:
+        stat, p = _degenerate_p(float(a.mean() - b.mean()), alternative)
+        return {"statistic": stat, "p_value": p, "df": math.nan}
+    r = st.ttest_ind(a, b, equal_var=False, alternative=alternative)
+    return {"statistic": float(r.statistic), "p_value": float(r.pvalue), "df": float(r.df)}
+
+
+def one_sample_t(x, mu: float = 0.0, alternative: str = "two-sided") -> dict:
+    """One-sample t-test of the finite values against ``mu``: {statistic, p_value, df}."""
+    x = _finite(x)
+    if x.size < 2:
+        return {"statistic": math.nan, "p_value": math.nan, "df": math.nan}
+    if x.var(ddof=1) == 0:
+        stat, p = _degenerate_p(float(x.mean() - mu), alternative)
+        return {"statistic": stat, "p_value": p, "df": float(x.size - 1)}
+    r = st.ttest_1samp(x, mu, alternative=alternative)
+    return {"statistic": float(r.statistic), "p_value": float(r.pvalue), "df": float(x.size - 1)}
+
+
+# --------------------------------------------------------------------------- rank tests
+def _rank_safe(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Replace +-inf by finite values beyond every finite value (same ranks, no inf arithmetic)."""
+    allv = np.concatenate([np.asarray(a, float) for a in arrays])
+    fin = allv[np.isfinite(allv)]
+    big = (float(np.abs(fin).max()) if fin.size else 0.0) * 2 + 1.0
+    return [np.where(np.isinf(a), np.sign(a) * big, a) for a in arrays]
+
+
+def common_language(a, b) -> float:
+    """P(A > B) + P(A = B)/2 over all pairs (the common-language effect size, = U_a / (n_a n_b))."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    gt = (a[:, None] > b[None, :]).sum()
+    eq = (a[:, None] == b[None, :]).sum()
+    return float((gt + 0.5 * eq) / (a.size * b.size))
+
+
+def rank_biserial(a, b) -> float:
+    """Rank-biserial correlation P(A > B) - P(A < B), in [-1, 1]."""
+    return 2 * common_language(a, b) - 1
+
+
+def mann_whitney(a, b, alternative: str = "two-sided") -> dict:
+    """Mann-Whitney U test (scipy; inf allowed): {statistic (U of a), p_value, rank_biserial, cles}."""
+    a = np.asarray(a, float)[~np.isnan(np.asarray(a, float))]
+    b = np.asarray(b, float)[~np.isnan(np.asarray(b, float))]
+    out = {"statistic": math.nan, "p_value": math.nan, "rank_biserial": math.nan, "cles": math.nan}
+    if a.size == 0 or b.size == 0:
+        return out
+    cles = common_language(a, b)
+    out.update(cles=cles, rank_biserial=2 * cles - 1, statistic=cles * a.size * b.size)
+    ra, rb = _rank_safe(a, b)
+    if np.unique(np.concatenate([ra, rb])).size == 1:
+        out["p_value"] = 1.0  # every value tied: U is the same under every permutation
+    else:
+        out["p_value"] = float(st.mannwhitneyu(ra, rb, alternative=alternative).pvalue)
+    return out
+
+
+def wilcoxon_signed_rank(x, mu: float = 0.0, alternative: str = "two-sided") -> dict:
+    """Wilcoxon signed-rank test of ``x - mu`` (zeros dropped; scipy, exact when small).
+
+    Returns {statistic (W+, sum of ranks of positive differences), p_value, rank_biserial
+    (matched pairs: (W+ - W-) / (W+ + W-)), n_nonzero}. All differences zero gives p = 1.
+    """
+    x = np.asarray(x, float)
+    d = x[~np.isnan(x)] - mu
+    d = d[d != 0]
+    out = {"statistic": 0.0, "p_value": 1.0, "rank_biserial": 0.0, "n_nonzero": int(d.size)}
+    if d.size == 0:
+        return out
+    (ds,) = _rank_safe(d)
+    ranks = st.rankdata(np.abs(ds))
+    w_plus, w_minus = float(ranks[ds > 0].sum()), float(ranks[ds < 0].sum())
+    out.update(statistic=w_plus, rank_biserial=(w_plus - w_minus) / (w_plus + w_minus))
+    out["p_value"] = float(st.wilcoxon(ds, alternative=alternative, zero_method="wilcox").pvalue)
+    return out
+
+
+# --------------------------------------------------------------------------- effect sizes
+def cohens_d(a, b) -> float:
+    """Cohen's d with the pooled standard deviation, on finite values (+-inf when it is zero)."""
+    a, b = _finite(a), _finite(b)
+    if a.size + b.size < 3 or a.size == 0 or b.size == 0:
+        return math.nan
+    pooled = ((a.size - 1) * a.var(ddof=1 if a.size > 1 else 0)
+              + (b.size - 1) * b.var(ddof=1 if b.size > 1 else 0)) / (a.size + b.size - 2)
+    diff = float(a.mean() - b.mean())
+    if pooled == 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / math.sqrt(pooled)
+
+
+def hedges_g(a, b) -> float:
+    """Hedges' g: Cohen's d times the small-sample correction 1 - 3 / (4 (n_a + n_b) - 9)."""
+    n = _finite(a).size + _finite(b).size
+    d = cohens_d(a, b)
+    return d * (1 - 3 / (4 * n - 9)) if n > 2 else math.nan
+
+
+def cohens_d_one_sample(x, mu: float = 0.0) -> float:
+    """(mean - mu) / sd of the finite values (+-inf when sd is zero and the mean differs)."""
+    x = _finite(x)
+    if x.size < 2:
+        return math.nan
+    diff, sd = float(x.mean() - mu), float(x.std(ddof=1))
+    if sd == 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / sd
+
+
+# --------------------------------------------------------------------------- claims
+def metric_values(per_seed: pd.DataFrame, study: str | None, variant: str, metric: str) -> np.ndarray:
+    """Per-seed values of ``metric`` for one variant; a "never" metric's missing values -> NEVER_VALUE."""
+    rows = per_seed
+    if study is not None and "study" in rows.columns:
+        rows = rows[rows["study"].astype(str) == str(study)]
+    vals = pd.to_numeric(rows.loc[rows["variant"].astype(str) == str(variant), metric], errors="coerce")
+    if metric in NEVER_VALUE:
+        vals = vals.fillna(NEVER_VALUE[metric])
+    return vals.dropna().to_numpy(dtype=float)
+
+
+def _describe(x: np.ndarray, suffix: str) -> dict:
+    """n, mean/std over finite values, median (inf allowed) and the count of infinite ("never")."""
+    fin = x[np.isfinite(x)]
+    return {
+        f"n_{suffix}": int(x.size),
+        f"mean_{suffix}": float(fin.mean()) if fin.size else math.nan,
+        f"std_{suffix}": float(fin.std(ddof=1)) if fin.size > 1 else math.nan,
+        f"median_{suffix}": float(np.median(x)) if x.size else math.nan,
+        f"never_{suffix}": int(np.isinf(x).sum()),
+    }
+
+
+def _verdict(p_claim: float, p_opposite: float, alpha: float) -> str:
+    """supported / contradicted / inconclusive from the two one-sided p-values."""
+    if p_claim < alpha:
+        return "supported"
+    if p_opposite < alpha:
+        return "contradicted"
+    return "inconclusive"
+
+
+def _two_sample(a: np.ndarray, b: np.ndarray, alt: str, threshold: float) -> dict:
+    """Mann-Whitney (primary) and Welch (secondary) on ``a - threshold`` vs ``b``."""
+    shifted = a - threshold
+    mw = mann_whitney(shifted, b, alt)
+    return {
+        "test": "Mann-Whitney U (one-sided)",
+        "statistic": mw["statistic"],
+        "p_value": mw["p_value"],
+        "p_value_opposite": mann_whitney(shifted, b, _OPPOSITE[alt])["p_value"],
+        "effect_size_name": "rank-biserial r",
+        "effect_size": mw["rank_biserial"],
+        "cles": mw["cles"],
+        "hedges_g": hedges_g(shifted, b),
+        "cohens_d": cohens_d(shifted, b),
+        "secondary_test": "Welch t (one-sided)",
+        **{f"secondary_{k}": v for k, v in welch_t(shifted, b, alt).items()},
+    }
+
+
+def _one_sample(a: np.ndarray, alt: str, threshold: float) -> dict:
+    """Wilcoxon signed-rank (primary) and one-sample t (secondary) of ``a - threshold``."""
+    w = wilcoxon_signed_rank(a, threshold, alt)
+    return {
+        "test": "Wilcoxon signed-rank (one-sided)",
+        "statistic": w["statistic"],
+        "p_value": w["p_value"],
+        "p_value_opposite": wilcoxon_signed_rank(a, threshold, _OPPOSITE[alt])["p_value"],
+        "effect_size_name": "matched rank-biserial r",
+        "effect_size": w["rank_biserial"],
+        "cohens_d": cohens_d_one_sample(a, threshold),
+        "secondary_test": "one-sample t (one-sided)",
+        **{f"secondary_{k}": v for k, v in one_sample_t(a, threshold, alt).items()},
+    }
+
+
+def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
+    """Test one config claim against per-seed results; returns the verdict and its numbers."""
+    metric, alt = claim["metric"], claim["direction"]
+    if metric not in METRICS:
+        raise ValueError(f"claim {claim.get('id')!r}: unknown metric {metric!r}; expected one of {METRICS}")
+    if alt not in _OPPOSITE:
+        raise ValueError(f"claim {claim.get('id')!r}: direction must be 'greater' or 'less', not {alt!r}")
+    threshold = float(claim.get("threshold", 0) or 0)
+    alpha = float(claim.get("alpha", 0.05))
+    other = claim.get("compare_to")
+    a = metric_values(per_seed, claim.get("study"), claim["variant"], metric)
+    b = metric_values(per_seed, claim.get("study"), other, metric) if other else np.array([])
+    out = {
+        "id": claim.get("id"), "text": claim.get("text", ""), "study": claim.get("study"),
+        "variant": claim["variant"], "compare_to": other, "metric": metric, "direction": alt,
+        "threshold": threshold, "alpha": alpha, "kind": "two-sample" if other else "one-sample",
+        "verdict": "inconclusive", "test": None, "statistic": math.nan, "p_value": math.nan,
+        "p_value_opposite": math.nan, "effect_size_name": None, "effect_size": math.nan, "note": "",
+        **_describe(a, "a"), **_describe(b, "b"),
+    }
+    sizes = [a.size, b.size] if other else [a.size]
+    if min(sizes) < MIN_N:
+        out["note"] = f"too few seeds for a test (n = {', '.join(map(str, sizes))}; need {MIN_N})"
+        return out
+    out.update(_two_sample(a, b, alt, threshold) if other else _one_sample(a, alt, threshold))
+    out["verdict"] = _verdict(out["p_value"], out["p_value_opposite"], alpha)
+    return out
+
+
+# --------------------------------------------------------------------------- published
+def compare_published(published: dict, summary: pd.DataFrame, per_seed: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Published single-run accuracies beside our seeds' spread, one row per study/variant/split.
+
+    ``published`` is the published YAML (its ``studies`` mapping, or that mapping itself:
+    study -> variant -> {train, test}). Only variants present in ``summary`` are compared, in its
+    order. Values come from ``per_seed`` when given, else from summary's mean/std/min/max.
+    ``within_range``: the published value lies within our seeds' min..max.
+    """
+    studies = published.get("studies", published) if isinstance(published, dict) else {}
+    rows = []
+    for _, s in summary.iterrows():
+        study = str(s["study"]) if "study" in summary.columns else None
+        pub = (studies.get(study) if study is not None else None) or {}
+        entry = pub.get(str(s["variant"]))
+        if not isinstance(entry, dict):
+            continue
+        for split in ("train", "test"):
+            if split not in entry:
+                continue
+            col = f"final_{split}_acc"
+            if per_seed is not None:
+                x = metric_values(per_seed, study, str(s["variant"]), col)
+                n, mean = x.size, float(x.mean()) if x.size else math.nan
+                std = float(x.std(ddof=1)) if x.size > 1 else math.nan
+                lo, hi = (float(x.min()), float(x.max())) if x.size else (math.nan, math.nan)
+            else:
+                n, mean, std = int(s["n"]), float(s[f"{col}_mean"]), float(s[f"{col}_std"])
+                lo, hi = float(s[f"{col}_min"]), float(s[f"{col}_max"])
+            value = float(entry[split])
+            rows.append({
+                "study": study, "variant": str(s["variant"]), "split": split, "published": value,
+                "mean": mean, "std": std, "min": lo, "max": hi, "n": n,
+                "delta": mean - value, "within_range": bool(lo - 1e-9 <= value <= hi + 1e-9),
+            })
+    cols = ["study", "variant", "split", "published", "mean", "std", "min", "max", "n", "delta", "within_range"]
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,104 @@
+"""Training: a pure ``train`` function and the job that writes one run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import time
+import warnings
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from reglab.module import HISTORY_METRICS, ReplicaClassifier
+
+BOUNDARY_GRID = 80  # points per axis of the decision-boundary grid
+BOUNDARY_MARGIN = 0.25
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Everything one training job measured, as numpy arrays indexed ``[epoch, replica]``."""
+
+    seeds: list[int]
+    history: dict[str, np.ndarray]  # metric -> [epochs, S]
+    epoch_time_s: np.ndarray  # [epochs], whole job
+    final: dict[str, np.ndarray]  # train/test loss/acc in inference mode -> [S]
+    grid_x: np.ndarray
+    grid_y: np.ndarray
+    prob: np.ndarray  # [S, G, G]
+    fit_time_s: float
+    peak_rss_mb: float
+    threads: int
+    accelerator: str
+
+
+def configure_threads(threads: int) -> None:
+    """Use exactly ``threads`` CPU threads for torch (no oversubscription across parallel jobs)."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+def boundary_grid(data: dict, points: int = BOUNDARY_GRID) -> tuple[np.ndarray, np.ndarray]:
+    """Axis coordinates covering all train and test points with a margin."""
+    x = np.concatenate([data["x_train"], data["x_test"]])
+    lo, hi = x.min(axis=0) - BOUNDARY_MARGIN, x.max(axis=0) + BOUNDARY_MARGIN
+    return (np.linspace(lo[0], hi[0], points, dtype=np.float32), np.linspace(lo[1], hi[1], points, dtype=np.float32))
+
+
+def make_trainer(accelerator: str) -> pl.Trainer:
+    """A quiet, deterministic Lightning trainer running one fit of the whole schedule."""
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu") -> TrainResult:
+    """Train the variant ``spec`` on ``data`` once per seed (all seeds as replicas of one model)."""
+    configure_threads(threads)
+    pl.seed_everything(int(seeds[0]), workers=True, verbose=False)
+    module = ReplicaClassifier(spec, seeds, data)
+    trainer = make_trainer(accelerator)
+    start = time.perf_counter()
+    trainer.fit(module)
+    fit_time = time.perf_counter() - start
+    module.net.eval()
+    final = {}
+    for split in ("train", "test"):
+        x = torch.as_tensor(data[f"x_{split}"], device=module.device)
+        y = torch.as_tensor(data[f"y_{split}"], device=module.device)
+        loss, acc = module.evaluate(x.expand(len(seeds), -1, -1), y.expand(len(seeds), -1))
+        final[f"{split}_loss"], final[f"{split}_acc"] = loss.cpu().numpy(), acc.cpu().numpy()
+    gx, gy = boundary_grid(data)
+    xx, yy = np.meshgrid(gx, gy)
+    plane = torch.as_tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), device=module.device)
+    prob = module.net.predict_proba(plane).cpu().numpy().reshape(len(seeds), len(gy), len(gx))
+    return TrainResult(
+        seeds=[int(s) for s in seeds],
+        history={m: module.history[m].numpy() for m in HISTORY_METRICS},
+        epoch_time_s=module.epoch_time.numpy(),
+        final=final,
+        grid_x=gx,
+        grid_y=gy,
+        prob=prob.astype(np.float32),
+        fit_time_s=fit_time,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        threads=torch.get_num_threads(),
+        accelerator=str(module.device.type),
+    )

@@ -1,0 +1,169 @@
+"""The training engine: Keras optimizers, replica independence, determinism, inference mode."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reglab.data import make_dataset
+from reglab.model import ReplicaNet
+from reglab.module import shuffle_orders
+from reglab.optim import KerasAdam, make_optimizer
+from reglab.train import train
+
+DENSE = {"activation": "linear", "kernel_initializer": "glorot_uniform", "use_bias": True}
+BN = {"momentum": 0.99, "epsilon": 1e-3, "center": True, "scale": True}
+HEAD = {"dense": {**DENSE, "units": 1, "activation": "sigmoid"}}
+DATA = {"generator": "make_circles", "params": {"n_samples": 120, "noise": 0.1, "random_state": 1}, "n_train": 50}
+
+
+def spec(layers, optimizer=None, epochs=5, batch_size=16):
+    optimizer = optimizer or {"name": "adam", "lr": 0.01, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+    return {"study": "s", "variant": "v", "dataset": {"name": "d", **DATA},
+            "training": {"optimizer": optimizer, "epochs": epochs, "batch_size": batch_size}, "layers": layers}
+
+
+MLP_BN = [{"dense": {**DENSE, "units": 8, "activation": "relu", "kernel_initializer": "he_uniform"}}, {"batch_norm": BN}, HEAD]
+MLP_DROPOUT = [{"gaussian_noise": {"stddev": 0.05}}, {"dense": {**DENSE, "units": 8, "activation": "relu"}},
+               {"dropout": {"rate": 0.3}}, HEAD]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset(DATA)
+
+
+def keras_adam_reference(w, grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
+    """Keras 3's Adam update rule in float64 numpy."""
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m = m + (g - m) * (1 - b1)
+        v = v + (g * g - v) * (1 - b2)
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        w = w - alpha * m / (np.sqrt(v) + eps)
+    return w
+
+
+def test_keras_adam_matches_the_keras_update_rule():
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(3, 4))
+    grads = [rng.normal(size=(3, 4)) * 10.0**-k for k in range(6)]  # tiny grads make eps matter
+    p = torch.nn.Parameter(torch.tensor(w0))
+    opt = KerasAdam([p])
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(p.detach().numpy(), keras_adam_reference(w0, grads), rtol=1e-12, atol=1e-12)
+    # and it is measurably not torch's Adam (eps placement and default)
+    q = torch.nn.Parameter(torch.tensor(w0))
+    topt = torch.optim.Adam([q], lr=1e-3)
+    for g in grads:
+        q.grad = torch.tensor(g)
+        topt.step()
+    assert not np.allclose(q.detach().numpy(), p.detach().numpy(), rtol=0, atol=1e-9)
+
+
+def test_sgd_momentum_matches_keras_formula():
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=5)
+    grads = [rng.normal(size=5) for _ in range(4)]
+    p = torch.nn.Parameter(torch.tensor(w0))
+    opt = make_optimizer([p], {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False})
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+    w, vel = w0.copy(), np.zeros(5)
+    for g in grads:
+        vel = 0.9 * vel - 0.01 * g
+        w = w + vel
+    np.testing.assert_allclose(p.detach().numpy(), w, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layers", [MLP_BN, MLP_DROPOUT], ids=["batchnorm", "noise+dropout"])
+def test_a_seed_trains_the_same_alone_or_in_a_chunk(data, layers):
+    s = spec(layers)
+    chunk = train(s, data, [3, 5, 8])
+    alone = train(s, data, [5])
+    for metric, values in chunk.history.items():
+        np.testing.assert_allclose(values[:, 1], alone.history[metric][:, 0], rtol=1e-5, atol=1e-6, err_msg=metric)
+    np.testing.assert_allclose(chunk.prob[1], alone.prob[0], atol=1e-5)
+
+
+def reference_training(layer_specs, s, data, seed):
+    """One seed trained independently with plain torch ops and the same init and batch order."""
+    net = ReplicaNet(layer_specs, 2, [seed])  # for its initial weights only
+    w1 = net.body[0].kernel[0].detach().clone().requires_grad_()
+    b1 = net.body[0].bias[0, 0].detach().clone().requires_grad_()
+    gamma = torch.ones(8, requires_grad=True)
+    beta = torch.zeros(8, requires_grad=True)
+    w2 = net.head.kernel[0].detach().clone().requires_grad_()
+    b2 = net.head.bias[0, 0].detach().clone().requires_grad_()
+    params = [w1, b1, gamma, beta, w2, b2]
+    rm, rv = torch.zeros(8), torch.ones(8)
+    opt = KerasAdam(params, lr=0.01)
+    x, y = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
+    xt, yt = torch.as_tensor(data["x_test"]), torch.as_tensor(data["y_test"])
+    orders = shuffle_orders([seed], s["training"]["epochs"], len(x))[:, 0]
+    test_acc = []
+    for order in orders:
+        for idx in order.split(s["training"]["batch_size"]):
+            h = torch.relu(x[idx] @ w1 + b1)
+            mean, var = h.mean(0), h.var(0, unbiased=False)
+            with torch.no_grad():
+                rm = rm * 0.99 + mean * 0.01
+                rv = rv * 0.99 + var * 0.01
+            h = (h - mean) / torch.sqrt(var + 1e-3) * gamma + beta
+            loss = F.binary_cross_entropy_with_logits((h @ w2 + b2).squeeze(-1), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            h = torch.relu(xt @ w1 + b1)
+            h = (h - rm) / torch.sqrt(rv + 1e-3) * gamma + beta
+            test_acc.append((((h @ w2 + b2).squeeze(-1) > 0) == (yt > 0.5)).float().mean().item())
+    return np.array(test_acc), w1.detach()
+
+
+def test_replica_in_batch_equals_its_independent_training(data):
+    s = spec(MLP_BN, epochs=8)
+    batched = train(s, data, [0, 1, 2])
+    ref_acc, _ = reference_training(MLP_BN, s, data, 1)
+    np.testing.assert_allclose(batched.history["test_acc"][:, 1], ref_acc, atol=1e-6)
+
+
+def test_training_is_deterministic(data):
+    s = spec(MLP_DROPOUT)
+    a, b = train(s, data, [0, 1]), train(s, data, [0, 1])
+    for metric in a.history:
+        assert np.array_equal(a.history[metric], b.history[metric])
+    assert np.array_equal(a.prob, b.prob)
+    assert all(np.array_equal(a.final[k], b.final[k]) for k in a.final)
+
+
+def test_history_and_final_metrics_are_consistent(data):
+    wide = [{"dense": {**DENSE, "units": 32, "activation": "relu", "kernel_initializer": "he_uniform"}}, HEAD]
+    s = spec(wide, epochs=150)
+    res = train(s, data, [0, 1])
+    assert res.history["test_acc"].shape == (150, 2)
+    assert np.all((res.history["train_acc"] >= 0) & (res.history["train_acc"] <= 1))
+    # the last epoch's test metrics and the final evaluation are both inference mode on the test set
+    np.testing.assert_allclose(res.history["test_acc"][-1], res.final["test_acc"])
+    # it learns the circles
+    assert np.all(res.final["train_loss"] < 0.8 * res.history["train_loss"][0])
+    assert np.all(res.final["train_acc"] > 0.75) and np.all(res.final["test_acc"] > 0.55)
+    assert np.all(np.isfinite(res.epoch_time_s)) and res.fit_time_s > 0
+    assert res.prob.shape == (2, len(res.grid_y), len(res.grid_x))
+
+
+def test_noise_and_dropout_are_off_in_inference(data):
+    s = spec(MLP_DROPOUT, epochs=3)
+    res = train(s, data, [0])
+    # evaluating the final test set twice gives the same numbers (no random draws in inference)
+    net = ReplicaNet(MLP_DROPOUT, 2, [0])
+    x = torch.as_tensor(data["x_test"])
+    assert torch.equal(net.predict_proba(x), net.predict_proba(x))
+    clean = [layer for layer in MLP_DROPOUT if "dense" in layer]
+    net_clean = ReplicaNet(clean, 2, [0])
+    torch.testing.assert_close(net.predict_proba(x), net_clean.predict_proba(x))
+    assert res.final["test_acc"].shape == (1,)

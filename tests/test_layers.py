@@ -1,0 +1,183 @@
+"""Each replica-batched layer, replica by replica, against a reference (torch.nn or Keras' formula)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reglab import layers as L
+from reglab.model import STREAM_NOISE, ReplicaNet, seed_generator
+
+S = 3
+
+
+def gens(seeds=range(S), stream=STREAM_NOISE):
+    return [seed_generator(s, stream) for s in seeds]
+
+
+def per_replica_grads(out, ref_outs, params, ref_params):
+    """Backprop the same random cotangent through the batched layer and each reference."""
+    cot = torch.randn_like(out)
+    grads = torch.autograd.grad(out, params, cot)
+    ref_grads = [torch.autograd.grad(o, p, cot[r]) for r, (o, p) in enumerate(zip(ref_outs, ref_params))]
+    return grads, ref_grads
+
+
+@pytest.mark.parametrize("units", [1, 7])
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh"])
+def test_dense_matches_torch_linear_forward_and_backward(units, activation):
+    torch.manual_seed(0)
+    layer = L.Dense(S, 5, units, activation=activation)
+    layer.reset_parameters(gens())
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(S, 8, 5)
+    out = layer(x)
+    act = {"linear": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[activation]
+    ref_params, ref_outs = [], []
+    for r in range(S):
+        w = layer.kernel[r].detach().T.clone().requires_grad_()
+        b = layer.bias[r, 0].detach().clone().requires_grad_()
+        ref_outs.append(act(F.linear(x[r], w, b)))
+        ref_params.append((w, b))
+        torch.testing.assert_close(out[r], ref_outs[r])
+    (gk, gb), ref = per_replica_grads(out, ref_outs, [layer.kernel, layer.bias], ref_params)
+    for r, (gw, gbr) in enumerate(ref):
+        torch.testing.assert_close(gk[r], gw.T)
+        torch.testing.assert_close(gb[r, 0], gbr)
+
+
+@pytest.mark.parametrize(
+    "name,limit",
+    [("glorot_uniform", math.sqrt(6 / (40 + 60))), ("he_uniform", math.sqrt(6 / 40))],
+)
+def test_uniform_initializers_follow_keras_limits(name, limit):
+    w = torch.empty(40, 60)
+    L.keras_init_(w, name, 40, 60, torch.Generator().manual_seed(0))
+    assert w.abs().max() <= limit
+    assert w.abs().max() > 0.95 * limit
+    assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.05)
+
+
+@pytest.mark.parametrize("name,var", [("glorot_normal", 2 / (40 + 60)), ("he_normal", 2 / 40)])
+def test_normal_initializers_follow_keras_variance_and_truncation(name, var):
+    w = torch.empty(200, 60) if name == "he_normal" else torch.empty(40, 60)
+    fan_in, fan_out = (40, 60)
+    L.keras_init_(w, name, fan_in, fan_out, torch.Generator().manual_seed(0))
+    std = math.sqrt(var)
+    assert w.var().item() == pytest.approx(var, rel=0.08)
+    assert w.abs().max() <= 2 * std / 0.87962566103423978 + 1e-6
+
+
+def test_dense_bias_starts_at_zero_and_replicas_differ():
+    layer = L.Dense(S, 4, 6)
+    layer.reset_parameters(gens(stream=0))
+    assert torch.count_nonzero(layer.bias) == 0
+    assert not torch.equal(layer.kernel[0], layer.kernel[1])
+
+
+def bn_reference(x, momentum, eps, moving_mean, moving_var):
+    """Keras' BatchNormalization training step in numpy: output and updated moving statistics."""
+    mean = x.mean(axis=0)
+    var = (x**2).mean(axis=0) - mean**2  # biased, as Keras computes it
+    y = (x - mean) / np.sqrt(var + eps)
+    return y, moving_mean * momentum + mean * (1 - momentum), moving_var * momentum + var * (1 - momentum)
+
+
+@pytest.mark.parametrize("momentum", [0.99, 0.0])
+def test_batchnorm_training_matches_keras_formula_and_updates_moving_stats(momentum):
+    torch.manual_seed(1)
+    bn = L.BatchNorm(S, 4, momentum=momentum, epsilon=1e-3)
+    x = torch.randn(S, 16, 4) * 3 + 2
+    for _ in range(3):  # a few updates so the moving statistics move away from (0, 1)
+        before_m, before_v = bn.moving_mean.clone(), bn.moving_variance.clone()
+        y = bn(x)
+        for r in range(S):
+            ref, m, v = bn_reference(
+                x[r].double().numpy(), momentum, 1e-3, before_m[r, 0].double().numpy(), before_v[r, 0].double().numpy()
+            )
+            np.testing.assert_allclose(y[r].detach().numpy(), ref, atol=1e-5)
+            np.testing.assert_allclose(bn.moving_mean[r, 0].numpy(), m, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(bn.moving_variance[r, 0].numpy(), v, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_matches_torch_batch_norm_gradients_and_uses_moving_stats_in_inference():
+    torch.manual_seed(2)
+    bn = L.BatchNorm(S, 4)
+    with torch.no_grad():
+        bn.gamma.uniform_(0.5, 2)
+        bn.beta.normal_()
+    x = torch.randn(S, 10, 4)
+    y = bn(x)
+    ref_outs, ref_params = [], []
+    for r in range(S):
+        g = bn.gamma[r, 0].detach().clone().requires_grad_()
+        b = bn.beta[r, 0].detach().clone().requires_grad_()
+        ref_outs.append(F.batch_norm(x[r], None, None, g, b, training=True, eps=1e-3))
+        ref_params.append((g, b))
+        torch.testing.assert_close(y[r], ref_outs[r], atol=1e-5, rtol=1e-5)
+    (gg, gb), ref = per_replica_grads(y, ref_outs, [bn.gamma, bn.beta], ref_params)
+    for r, (rg, rb) in enumerate(ref):
+        torch.testing.assert_close(gg[r, 0], rg, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gb[r, 0], rb, atol=1e-5, rtol=1e-5)
+    bn.eval()
+    moving_before = bn.moving_mean.clone()
+    y_eval = bn(x)
+    assert torch.equal(bn.moving_mean, moving_before)
+    expected = (x - bn.moving_mean) / torch.sqrt(bn.moving_variance + 1e-3) * bn.gamma + bn.beta
+    torch.testing.assert_close(y_eval, expected)
+
+
+def test_batchnorm_without_center_and_scale_has_no_parameters():
+    bn = L.BatchNorm(S, 4, center=False, scale=False)
+    assert list(bn.parameters()) == []
+    x = torch.randn(S, 12, 4)
+    y = bn(x)
+    torch.testing.assert_close(y.mean(dim=1), torch.zeros(S, 4), atol=1e-5, rtol=0)
+
+
+def test_dropout_is_inverted_per_replica_and_identity_in_inference():
+    layer = L.Dropout(0.4)
+    layer.generators = gens()
+    x = torch.randn(S, 200, 50)
+    y = layer(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.6)
+    assert 1 - kept.float().mean().item() == pytest.approx(0.4, abs=0.01)
+    # replica r's mask is what a lone replica with the same generator draws
+    lone = L.Dropout(0.4)
+    lone.generators = gens([1])
+    torch.testing.assert_close(lone(x[1:2]), y[1:2])
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
+def test_gaussian_noise_adds_replica_noise_in_training_only():
+    layer = L.GaussianNoise(0.1)
+    layer.generators = gens()
+    x = torch.randn(S, 300, 40)
+    noise = layer(x) - x
+    assert noise.std().item() == pytest.approx(0.1, rel=0.03)
+    assert abs(noise.mean().item()) < 0.005
+    expected = torch.empty(300, 40).normal_(generator=seed_generator(2, STREAM_NOISE)) * 0.1
+    torch.testing.assert_close(noise[2], expected, atol=1e-6, rtol=1e-5)
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
+def test_activation_layer_matches_torch():
+    x = torch.randn(S, 5, 4)
+    torch.testing.assert_close(L.Activation("relu")(x), torch.relu(x))
+    torch.testing.assert_close(L.Activation("tanh")(x), torch.tanh(x))
+
+
+def test_net_initial_weights_depend_only_on_the_seed():
+    layers = [{"dense": {"units": 6, "activation": "relu", "kernel_initializer": "he_uniform", "use_bias": True}},
+              {"batch_norm": {"momentum": 0.99, "epsilon": 1e-3, "center": True, "scale": True}},
+              {"dense": {"units": 1, "activation": "sigmoid", "kernel_initializer": "glorot_uniform", "use_bias": True}}]
+    chunk = ReplicaNet(layers, 2, [4, 7, 9])
+    alone = ReplicaNet(layers, 2, [7])
+    for p_chunk, p_alone in zip(chunk.parameters(), alone.parameters()):
+        assert torch.equal(p_chunk[1], p_alone[0])

@@ -1,0 +1,20 @@
+rule report:
+    input:
+        report_inputs,
+        published=config["published"],
+    output:
+        report(
+            "report/index.html",
+            caption="../report/index.rst",
+            category="Report",
+        ),
+    params:
+        config=config_json(),
+        config_hash=spec_hash(config),
+        run_info=RUN_INFO,
+    log:
+        "logs/report.log",
+    localrule: True
+    shell:
+        "python -m reglab report --config {params.config:q} --config-hash {params.config_hash:q}"
+        " --results results --run-info {params.run_info:q} --out {output:q} > {log:q} 2>&1"
