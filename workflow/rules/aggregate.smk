@@ -7,11 +7,13 @@ rule aggregate:
         curves="results/aggregate/{study}/curves.csv",
         finals="results/aggregate/{study}/finals.csv",
         runtime="results/aggregate/{study}/runtime.csv",
-    params:
-        runs=study_runs_arg,
-        outdir="results/aggregate/{study}",
     log:
         "logs/aggregate/{study}.log",
     localrule: True
+    conda:
+        "../envs/reglab.yaml"
+    params:
+        runs=study_runs_arg,
+        outdir="results/aggregate/{study}",
     shell:
         "python -m reglab aggregate --runs {params.runs} --outdir {params.outdir:q} > {log:q} 2>&1"

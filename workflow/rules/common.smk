@@ -60,7 +60,9 @@ def train_dataset(wildcards):
 
 def train_seeds(wildcards):
     """The seeds of one chunk, comma-separated."""
-    return ",".join(map(str, chunk_seeds(config, wildcards.study, int(wildcards.chunk))))
+    return ",".join(
+        map(str, chunk_seeds(config, wildcards.study, int(wildcards.chunk)))
+    )
 
 
 def train_outdir(wildcards):
@@ -119,7 +121,9 @@ def report_inputs(wildcards):
         for name in ("summary", "per_seed", "curves", "finals", "runtime")
     ]
     inputs += [f"results/datasets/{name}.npz" for name in used_datasets()]
-    inputs += [f"{run_dir(j['study'], j['variant'], j['chunk'])}/boundary.npz" for j in JOBS]
+    inputs += [
+        f"{run_dir(j['study'], j['variant'], j['chunk'])}/boundary.npz" for j in JOBS
+    ]
     return inputs
 
 

@@ -1,0 +1,202 @@
+"""Figures for the report: one function per kind, tidy data in, matplotlib Figure out.
+
+Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas (no pyplot state), at
+fixed sizes, with the colour-blind-safe Okabe-Ito palette; :func:`variant_colors` gives a
+variant the same colour in every figure of a study. ``curves`` is the wide ``curves.csv`` of
+:mod:`reglab.aggregate` (``variant, epoch, {metric}_mean, {metric}_std``); ``per_seed`` is
+``per_seed.csv``. Long curves are downsampled to at most ``max_points`` epochs for drawing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+#: Okabe-Ito colours, ordered for contrast on white (yellow last)
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+CLASS_COLORS = ("#0072B2", "#D55E00")  # class 0, class 1
+CLASS_MARKERS = ("o", "^")
+PROB_CMAP = LinearSegmentedColormap.from_list("reglab_prob", [CLASS_COLORS[0], "#f7f7f7", CLASS_COLORS[1]])
+DPI = 100
+MAX_POINTS = 400
+
+
+def variant_colors(variant_names) -> dict[str, str]:
+    """A fixed Okabe-Ito colour per variant, by position (cycles after eight)."""
+    return {v: OKABE_ITO[i % len(OKABE_ITO)] for i, v in enumerate(dict.fromkeys(variant_names))}
+
+
+def _label(text) -> str:
+    """Plain text safe as a matplotlib label (no mathtext, not hidden by a leading underscore)."""
+    text = str(text).replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
+def downsample_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices of at most ``max_points`` evenly spaced rows out of ``n`` (first and last kept)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+def _variant_curve(curves: pd.DataFrame, variant: str, max_points: int) -> pd.DataFrame:
+    """One variant's curve rows, sorted by epoch and downsampled."""
+    c = curves[curves["variant"].astype(str) == str(variant)].sort_values("epoch")
+    return c.iloc[downsample_index(len(c), max_points)]
+
+
+def _band(ax, c: pd.DataFrame, metric: str, color: str, label=None, ls: str = "-") -> None:
+    """Mean line with a +-1 std band (no band where std is undefined)."""
+    x = c["epoch"].to_numpy(float)
+    m = c[f"{metric}_mean"].to_numpy(float)
+    s = np.nan_to_num(c[f"{metric}_std"].to_numpy(float))
+    ax.plot(x, m, color=color, lw=1.4, ls=ls, label=label)
+    ax.fill_between(x, m - s, m + s, color=color, alpha=0.18, lw=0)
+
+
+def _grid(n: int, ncols_max: int = 3, w: float = 3.6, h: float = 3.0, **kw):
+    """A Figure with a grid of n panels (extra panels hidden); returns (fig, flat axes)."""
+    ncols = max(1, min(ncols_max, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(w * ncols, h * nrows + 0.6), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, **kw)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _points(ax, x, y, filled: bool, size: float = 14) -> None:
+    """Scatter two classes, filled (train) or hollow (test)."""
+    y = np.asarray(y).round().astype(int)
+    for k in (0, 1):
+        sel = y == k
+        style = dict(c=CLASS_COLORS[k], edgecolors="black", linewidths=0.3) if filled else \
+            dict(facecolors="none", edgecolors=CLASS_COLORS[k], linewidths=0.9)
+        ax.scatter(x[sel, 0], x[sel, 1], s=size, marker=CLASS_MARKERS[k], **style)
+
+
+def fig_dataset(data: dict) -> Figure:
+    """Train and test points of a two-class 2-D dataset (``x_train, y_train, x_test, y_test``)."""
+    fig = Figure(figsize=(8, 3.8), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, split in zip(axes, ("train", "test")):
+        x, y = np.asarray(data[f"x_{split}"]), np.asarray(data[f"y_{split}"])
+        _points(ax, x, y, filled=True, size=16)
+        ax.set_title(f"{split} ({len(y)} points)")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("x1")
+    axes[0].set_ylabel("x2")
+    handles = [axes[0].scatter([], [], c=CLASS_COLORS[k], marker=CLASS_MARKERS[k], edgecolors="black",
+                               linewidths=0.3, label=f"class {k}") for k in (0, 1)]
+    fig.legend(handles=handles, loc="outside upper center", ncols=2, frameon=False)
+    return fig
+
+
+def fig_learning_curves(curves: pd.DataFrame, variants, colors=None, max_points: int = MAX_POINTS) -> Figure:
+    """Accuracy and loss (rows) for train and test (columns): every variant's mean +- std."""
+    colors = colors or variant_colors(variants)
+    fig = Figure(figsize=(10, 7), dpi=DPI, layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True, sharey="row")
+    for v in variants:
+        c = _variant_curve(curves, v, max_points)
+        for r, kind in enumerate(("acc", "loss")):
+            for k, split in enumerate(("train", "test")):
+                _band(axes[r, k], c, f"{split}_{kind}", colors[v], label=_label(v) if r == k == 0 else None)
+    for k, split in enumerate(("train", "test")):
+        axes[0, k].set_title(f"{split} accuracy")
+        axes[1, k].set_title(f"{split} loss")
+        axes[1, k].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("accuracy")
+    axes[1, 0].set_ylabel("loss")
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+    fig.legend(loc="outside upper center", ncols=min(len(variants), 4), frameon=False)
+    return fig
+
+
+def fig_small_multiples(curves: pd.DataFrame, variants, colors=None, max_points: int = MAX_POINTS,
+                        threshold: float = 0.80) -> Figure:
+    """One panel per variant: train (dashed) and test (solid) accuracy, mean +- std."""
+    colors = colors or variant_colors(variants)
+    fig, axes = _grid(len(variants), sharex=True, sharey=True)
+    for ax, v in zip(axes, variants):
+        c = _variant_curve(curves, v, max_points)
+        _band(ax, c, "train_acc", colors[v], label="train", ls="--")
+        _band(ax, c, "test_acc", colors[v], label="test")
+        ax.axhline(threshold, color="grey", lw=0.8, ls=":")
+        ax.set_title(_label(v))
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="lower right", frameon=False, fontsize="small")
+    return fig
+
+
+def fig_final_distribution(per_seed: pd.DataFrame, variants, colors=None,
+                           metrics=("final_train_acc", "final_test_acc")) -> Figure:
+    """Box plot plus every seed as a jittered point, one panel per metric."""
+    colors = colors or variant_colors(variants)
+    fig = Figure(figsize=(max(6.0, 1.1 * len(variants) * len(metrics) + 2), 4.2), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    rng = np.random.default_rng(0)
+    for ax, metric in zip(axes, metrics):
+        vals = [per_seed.loc[per_seed["variant"].astype(str) == str(v), metric].dropna().to_numpy(float)
+                for v in variants]
+        pos = np.arange(1, len(variants) + 1)
+        keep = [i for i, x in enumerate(vals) if x.size]
+        bp = ax.boxplot([vals[i] for i in keep], positions=pos[keep], widths=0.55, showfliers=False,
+                        patch_artist=True, medianprops=dict(color="black"))
+        for i, box in zip(keep, bp["boxes"]):
+            box.set(facecolor=colors[variants[i]] + "33", edgecolor=colors[variants[i]])
+        for p, v, x in zip(pos, variants, vals):
+            ax.scatter(p + rng.uniform(-0.18, 0.18, x.size), x, s=16, color=colors[v],
+                       edgecolors="black", linewidths=0.3, zorder=3)
+        ax.set_xticks(pos, [_label(v) for v in variants], rotation=30 if len(variants) > 3 else 0, ha="right"
+                      if len(variants) > 3 else "center")
+        ax.set_title(metric.replace("_", " "))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    return fig
+
+
+def fig_decision_boundaries(boundaries: dict, data: dict, variants) -> Figure:
+    """Per variant: mean predicted P(class 1) over seeds as an image, the 0.5 contour, and points.
+
+    ``boundaries[variant] = (grid_x [G], grid_y [G], prob [G, G], n_seeds)`` with ``prob[i, j]`` at
+    ``(grid_x[j], grid_y[i])``; variants without a boundary are skipped.
+    """
+    shown = [v for v in variants if v in boundaries]
+    fig, axes = _grid(max(1, len(shown)), w=3.4, h=3.4, sharex=True, sharey=True)
+    image = None
+    for ax, v in zip(axes, shown):
+        gx, gy, prob, n = boundaries[v]
+        image = ax.pcolormesh(gx, gy, prob, cmap=PROB_CMAP, vmin=0, vmax=1, shading="nearest", rasterized=True)
+        if np.nanmin(prob) < 0.5 < np.nanmax(prob):
+            ax.contour(gx, gy, prob, levels=[0.5], colors="black", linewidths=1.0)
+        _points(ax, np.asarray(data["x_train"]), data["y_train"], filled=True, size=10)
+        _points(ax, np.asarray(data["x_test"]), data["y_test"], filled=False, size=10)
+        ax.set_title(f"{_label(v)} (mean of {n} seeds)", fontsize="medium")
+        ax.set_aspect("equal", adjustable="box")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="P(class 1)")
+    else:
+        axes[0].text(0.5, 0.5, "no boundary data", ha="center", va="center", transform=axes[0].transAxes)
+    return fig
+
+
+def fig_to_data_uri(fig: Figure, dpi: int = DPI) -> str:
+    """The figure as a base64 PNG ``data:`` URI; the figure is closed (cleared) afterwards."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    fig.clear()  # built without pyplot, so clearing releases it (pyplot holds no reference)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

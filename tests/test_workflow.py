@@ -1,0 +1,138 @@
+"""End-to-end: the Snakemake workflow on the tiny config (slow), and its planning (fast)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING_COLUMNS = {"epoch_time_s", "time_to_80_s"}
+
+
+def make_workdir(path: Path, config: dict | None = None) -> Path:
+    """A copy of the workflow (Snakefile, rules, configs, profiles) to run in isolation."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", path)
+    for sub in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / sub, path / sub, dirs_exist_ok=True)
+    if config is not None:
+        (path / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml", *args],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def tiny_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+
+
+def planned_train_jobs(workdir: Path) -> set[str]:
+    """The run directories a dry run would (re)train."""
+    out = snakemake(workdir, "-n").stdout
+    return {line.split("output: ")[1].split("/history.csv")[0] for line in out.splitlines() if "history.csv" in line and "output:" in line}
+
+
+def read_without_timing(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    return frame.drop(columns=[c for c in frame.columns if c in TIMING_COLUMNS or c.endswith("_s")])
+
+
+def test_default_config_plans_every_study(tmp_path):
+    work = make_workdir(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "4"], cwd=work, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for study, variant in [("batchnorm", "bn_before"), ("dropout", "dropout_0.4"), ("noise", "hidden_post_0.1")]:
+        assert f"results/runs/{study}/{variant}/chunk0/meta.json" in proc.stdout
+
+
+def test_bad_config_stops_before_any_job_with_the_key_path(tmp_path):
+    config = tiny_config()
+    config["studies"]["dropout"]["variants"]["dropout_0.4"][2]["dropout"]["rate"] = 1.5
+    work = make_workdir(tmp_path, config)
+    proc = snakemake(work, "--cores", "2", check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "studies.dropout.variants.dropout_0.4[2].dropout.rate" in message
+    assert "Traceback" not in message
+    assert not (work / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny config run once to completion."""
+    work = make_workdir(tmp_path_factory.mktemp("run1"))
+    snakemake(work, "--cores", "2")
+    return work
+
+
+@pytest.mark.slow
+def test_tiny_run_produces_results_and_report(tiny_run):
+    report = tiny_run / "report" / "index.html"
+    assert report.is_file() and report.stat().st_size > 10_000
+    config = tiny_config()
+    for study, spec in config["studies"].items():
+        seeds = spec.get("seeds", config["seeds"])
+        per_seed = pd.read_csv(tiny_run / "results" / "aggregate" / study / "per_seed.csv")
+        assert len(per_seed) == seeds * len(spec["variants"])
+        for variant in spec["variants"]:
+            finals = pd.concat(pd.read_csv(p) for p in (tiny_run / "results/runs" / study / variant).glob("chunk*/final.csv"))
+            assert sorted(finals["seed"]) == list(range(seeds))
+            assert finals["test_acc"].between(0, 1).all()
+    html = report.read_text()
+    for study in config["studies"]:
+        assert config["studies"][study]["title"] in html
+
+
+@pytest.mark.slow
+def test_complete_run_leaves_nothing_to_do(tiny_run):
+    out = snakemake(tiny_run, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_same_command_gives_identical_metrics(tiny_run, tmp_path):
+    second = make_workdir(tmp_path / "run2")
+    snakemake(second, "--cores", "2")
+    files = sorted(p.relative_to(tiny_run) for p in (tiny_run / "results").rglob("*.csv"))
+    assert len(files) >= 10
+    for rel in files:
+        a, b = read_without_timing(tiny_run / rel), read_without_timing(second / rel)
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=str(rel))
+
+
+@pytest.mark.slow
+def test_edits_rerun_only_what_depends_on_them(tiny_run, tmp_path):
+    work = make_workdir(tmp_path / "edit")
+    shutil.copytree(tiny_run / "results", work / "results")
+    shutil.copytree(tiny_run / ".snakemake", work / ".snakemake", symlinks=True)
+    shutil.copytree(tiny_run / "report", work / "report")
+    assert planned_train_jobs(work) == set()
+
+    config = tiny_config()
+    config["studies"]["dropout"]["variants"]["dropout_0.4"][2]["dropout"]["rate"] = 0.5
+    (work / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert planned_train_jobs(work) == {"results/runs/dropout/dropout_0.4/chunk0", "results/runs/dropout/dropout_0.4/chunk1"}
+
+    config = tiny_config()
+    config["studies"]["batchnorm"]["training"]["epochs"] = 7
+    (work / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert planned_train_jobs(work) == {
+        f"results/runs/batchnorm/{v}/chunk{c}" for v in ("baseline", "bn_after") for c in (0, 1)
+    }
