@@ -32,9 +32,9 @@ def test_dataset_command_writes_the_split(dataset):
 
 
 def test_train_command_writes_a_complete_run_directory(dataset, tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--spec", json.dumps(SPEC), "--dataset", str(dataset), "--seeds", "3,4", "--outdir", str(out)]
+    args = ["train", "--spec", json.dumps(SPEC), "--dataset", str(dataset), "--seeds", "3,4", "--outdir", str(tmp_path)]
     assert main(args) == 0
+    out = tmp_path / "v"
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == ["study", "variant", "seed", "epoch", "train_loss", "train_acc", "test_loss",
                                      "test_acc", "epoch_time_s"]
@@ -48,11 +48,20 @@ def test_train_command_writes_a_complete_run_directory(dataset, tmp_path):
     assert not list(out.glob(".*tmp"))  # no temporary file left behind
 
 
+def test_train_command_trains_a_pack_of_variants_one_after_another(dataset, tmp_path):
+    pack = [SPEC, {**SPEC, "variant": "w", "layers": [SPEC["layers"][0], {"dropout": {"rate": 0.5}}, SPEC["layers"][1]]}]
+    args = ["train", "--spec", json.dumps(pack), "--dataset", str(dataset), "--seeds", "0", "--outdir", str(tmp_path)]
+    assert main(args) == 0
+    for variant in ("v", "w"):
+        meta = json.loads((tmp_path / variant / "meta.json").read_text())
+        assert meta["variant"] == variant and meta["seeds"] == [0]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["train", "--spec", "{not json", "--dataset", "DATASET", "--seeds", "0", "--outdir", "o"], "not valid JSON"),
-        (["train", "--spec", "[1]", "--dataset", "DATASET", "--seeds", "0", "--outdir", "o"], "must be a JSON object"),
+        (["train", "--spec", "[1]", "--dataset", "DATASET", "--seeds", "0", "--outdir", "o"], "must be a JSON object or a non-empty list"),
         (["train", "--spec", "{}", "--dataset", "missing.npz", "--seeds", "0", "--outdir", "o"], "file not found: missing.npz"),
         (["train", "--spec", "{}", "--dataset", "DATASET", "--seeds", "a,b", "--outdir", "o"], "not a comma-separated list"),
         (["train", "--spec", "{}", "--dataset", "DATASET", "--seeds", "1,1", "--outdir", "o"], "distinct"),

@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,25 @@ EXPECTED_VARIANTS = {
     "batchnorm": ["baseline", "bn_after", "bn_before"],
     "dropout": ["overfit", "dropout_0.4"],
     "noise": ["overfit", "input_0.01", "hidden_pre_0.1", "hidden_post_0.1"],
+    "batchnorm_ext": ["baseline", "bn_after", "bn_no_affine", "bn_no_momentum", "bn_input"],
+    "dropout_ext": ["overfit", "dropout_0.4", "input_dropout_0.2", "dropout_0.4_maxnorm_3"]
+    + [f"dropout_{r / 10}" for r in range(10) if r != 4],
+    "noise_ext": ["overfit", "input_0.01", "hidden_pre_0.1", "input_and_hidden", "weight_noise_0.05",
+                  "gradient_noise_0.01", "label_flip_0.1"]
+    + [f"input_{v}" for v in (0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)]
+    + [f"hidden_pre_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.2, 0.5, 1.0)],
 }
+N_VARIANTS = sum(map(len, EXPECTED_VARIANTS.values()))
+#: training jobs group a grid's points into one pack named by the grid's id; other variants are packs of their own
+EXPECTED_PACKS = {
+    **{s: [[v] for v in EXPECTED_VARIANTS[s]] for s in ("batchnorm", "dropout", "noise", "batchnorm_ext")},
+    "dropout_ext": [[f"dropout_{r / 10}" for r in range(10)], ["overfit"], ["input_dropout_0.2"],
+                    ["dropout_0.4_maxnorm_3"]],
+    "noise_ext": [[f"input_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)],
+                  [f"hidden_pre_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)],
+                  ["overfit"], ["input_and_hidden"], ["weight_noise_0.05"], ["gradient_noise_0.01"], ["label_flip_0.1"]],
+}
+N_PACKS = sum(map(len, EXPECTED_PACKS.values()))
 
 
 @pytest.fixture
@@ -46,8 +65,12 @@ def test_schema_is_a_valid_draft_2020_12_schema():
 
 def test_shipped_config_yields_expected_jobs(config):
     jobs = training_jobs(config)
-    assert {s: [j["variant"] for j in jobs if j["study"] == s] for s in EXPECTED_VARIANTS} == EXPECTED_VARIANTS
-    assert len(jobs) == 9
+    assert {s: [j["variants"] for j in jobs if j["study"] == s] for s in EXPECTED_PACKS} == EXPECTED_PACKS
+    assert [j["pack"] for j in jobs if j["study"] == "noise_ext"][:3] == ["input_noise", "hidden_noise", "overfit"]
+    trained = {s: sorted(v for j in jobs if j["study"] == s for v in j["variants"]) for s in EXPECTED_VARIANTS}
+    assert trained == {s: sorted(vs) for s, vs in EXPECTED_VARIANTS.items()}  # every variant once
+    assert {s: list(config["studies"][s]["variants"]) for s in EXPECTED_VARIANTS} == EXPECTED_VARIANTS
+    assert len(jobs) == N_PACKS == 25 and N_VARIANTS == 50
     assert all(j["chunk"] == 0 and j["seeds"] == list(range(10)) for j in jobs)
     assert all(seeds_for(config, s) == list(range(10)) for s in EXPECTED_VARIANTS)
 
@@ -69,7 +92,8 @@ def test_defaults_are_filled(config, raw):
     assert batchnorm["variants"]["bn_after"][1] == {
         "batch_norm": {"momentum": 0.99, "epsilon": 1e-3, "center": True, "scale": True}}
     assert dropout["variants"]["overfit"][0]["dense"] == {
-        "units": 500, "activation": "relu", "kernel_initializer": "glorot_uniform", "use_bias": True}
+        "units": 500, "activation": "relu", "kernel_initializer": "glorot_uniform", "use_bias": True,
+        "max_norm": None, "unit_norm": False, "weight_noise": 0}
     assert config["claims"][0]["alpha"] == 0.05 and config["claims"][0]["threshold"] == 0
 
     del raw["studies"]["dropout"]["training"]["batch_size"]
@@ -96,11 +120,12 @@ def test_validate_returns_a_new_dict_and_is_idempotent(raw):
 def test_seeds_per_job_chunks(raw, seeds_per_job, expected):
     raw["seeds_per_job"] = seeds_per_job
     config = validate_config(raw)
-    jobs = [j for j in training_jobs(config) if (j["study"], j["variant"]) == ("dropout", "overfit")]
+    jobs = [j for j in training_jobs(config) if (j["study"], j["pack"]) == ("dropout", "overfit")]
+    assert all(j["variants"] == ["overfit"] for j in jobs)
     assert [j["chunk"] for j in jobs] == list(range(len(expected)))
     assert [j["seeds"] for j in jobs] == expected
     assert [chunk_seeds(config, "dropout", k) for k in range(len(expected))] == expected
-    assert len(training_jobs(config)) == 9 * len(expected)
+    assert len(training_jobs(config)) == N_PACKS * len(expected)
     with pytest.raises(ValueError):
         chunk_seeds(config, "dropout", len(expected))
 
@@ -143,6 +168,110 @@ def test_spec_hash_ignores_seeds(raw, config):
         variant_spec(config, "dropout", "overfit"))
 
 
+# --------------------------------------------------------------------------- grids and training overrides
+def _layer_options(layer: dict) -> dict:
+    """The options of a one-key layer mapping."""
+    (options,) = layer.values()
+    return options
+
+
+def test_grids_expand_into_named_variants_in_order(config, raw):
+    dropout = config["studies"]["dropout_ext"]
+    (grid,) = dropout["grids"]
+    assert grid["variants"] == [f"dropout_{r / 10}" for r in range(10)]
+    assert grid["variants"][4] == "dropout_0.4" and grid["baseline"] == "overfit"
+    # dropout_0.4 is both an explicit variant and a grid point: one variant, where it was written
+    assert list(dropout["variants"]).count("dropout_0.4") == 1 and list(dropout["variants"]).index("dropout_0.4") == 1
+    assert dropout["variants"]["dropout_0.4"] == config["studies"]["dropout"]["variants"]["dropout_0.4"]
+    assert dropout["variants"]["dropout_0.0"][1] == {"dropout": {"rate": 0.0}}
+    noise = config["studies"]["noise_ext"]
+    assert [g["id"] for g in noise["grids"]] == ["input_noise", "hidden_noise"]
+    stddevs = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    assert noise["grids"][0]["variants"] == [f"input_{v}" for v in stddevs]
+    assert noise["grids"][1]["variants"] == [f"hidden_pre_{v}" for v in stddevs]
+    assert list(noise["variants"])[:7] == list(raw["studies"]["noise_ext"]["variants"])  # explicit ones first
+    for study in ("batchnorm", "dropout", "noise", "batchnorm_ext"):
+        assert config["studies"][study]["grids"] == []
+
+
+@pytest.mark.parametrize(("study", "index"), [("dropout_ext", 0), ("noise_ext", 0), ("noise_ext", 1)])
+def test_each_grid_point_spec_has_its_value_in_place(config, study, index):
+    grid = config["studies"][study]["grids"][index]
+    base = variant_spec(config, study, grid["base"])
+    assert len(grid["variants"]) == len(grid["values"])
+    for name, value in zip(grid["variants"], grid["values"]):
+        spec = variant_spec(config, study, name)
+        assert spec["variant"] == name and spec["training"] == base["training"]
+        assert _layer_options(spec["layers"][grid["layer"]])[grid["param"]] == value
+        others = [(i, layer) for i, layer in enumerate(spec["layers"]) if i != grid["layer"]]
+        assert others == [(i, layer) for i, layer in enumerate(base["layers"]) if i != grid["layer"]]
+        assert next(iter(spec["layers"][grid["layer"]])) == next(iter(base["layers"][grid["layer"]]))
+    assert len({spec_hash(variant_spec(config, study, v)) for v in grid["variants"]}) == len(grid["values"])
+
+
+def test_training_param_grid_sets_the_variant_training(raw):
+    raw["studies"]["noise_ext"]["grids"] += [
+        {"id": "flip", "base": "overfit", "param": "label_flip", "values": [0.05, 0.2]},
+        {"id": "gn", "base": "label_flip_0.1", "param": "gradient_noise.eta", "values": [0.001, 0.1],
+         "name": "gn_{value}_flip"},
+    ]
+    config = validate_config(raw)
+    noise = config["studies"]["noise_ext"]
+    assert noise["grids"][2]["variants"] == ["flip_0.05", "flip_0.2"]  # default name: {id}_{value}
+    assert noise["grids"][3]["variants"] == ["gn_0.001_flip", "gn_0.1_flip"]
+    overfit = variant_spec(config, "noise_ext", "overfit")
+    for name, value in (("flip_0.05", 0.05), ("flip_0.2", 0.2)):
+        spec = variant_spec(config, "noise_ext", name)
+        assert spec["training"] == {**overfit["training"], "label_flip": value}
+        assert spec["layers"] == overfit["layers"]
+        assert noise["variant_training"][name] == {"label_flip": value}
+    # a dotted training param, on a base with its own override: both kept, the nested key merged
+    spec = variant_spec(config, "noise_ext", "gn_0.1_flip")
+    assert spec["training"]["label_flip"] == 0.1
+    assert spec["training"]["gradient_noise"] == {"eta": 0.1, "gamma": 0.55}
+    assert overfit["training"]["label_flip"] == 0 and overfit["training"]["gradient_noise"] == {"eta": 0, "gamma": 0.55}
+
+
+def test_variant_training_overrides_are_merged_into_that_variant_only(raw):
+    raw["studies"]["noise_ext"]["training"]["gradient_noise"] = {"gamma": 0.7}
+    raw["studies"]["noise_ext"]["variants"]["gradient_noise_0.01"]["training"] = {"gradient_noise": {"eta": 0.01}}
+    config = validate_config(raw)
+    noise = config["studies"]["noise_ext"]
+    assert noise["variant_training"] == {"gradient_noise_0.01": {"gradient_noise": {"eta": 0.01}},
+                                         "label_flip_0.1": {"label_flip": 0.1}}
+    assert all(isinstance(layers, list) for layers in noise["variants"].values())  # {layers, training} normalised
+    study_training = noise["training"]
+    assert study_training["gradient_noise"] == {"eta": 0, "gamma": 0.7} and study_training["label_flip"] == 0
+    gn = variant_spec(config, "noise_ext", "gradient_noise_0.01")
+    assert gn["training"]["gradient_noise"] == {"eta": 0.01, "gamma": 0.7}  # merged key by key
+    assert gn["training"]["label_flip"] == 0
+    assert gn["layers"] == noise["variants"]["overfit"]
+    flip = variant_spec(config, "noise_ext", "label_flip_0.1")
+    assert flip["training"] == {**study_training, "label_flip": 0.1}
+    for name in noise["variants"]:
+        if name not in ("gradient_noise_0.01", "label_flip_0.1"):
+            assert variant_spec(config, "noise_ext", name)["training"] == study_training, name
+    same_layers = {spec_hash(variant_spec(config, "noise_ext", v)) for v in ("overfit", "gradient_noise_0.01",
+                                                                             "label_flip_0.1")}
+    assert len(same_layers) == 3  # the override is part of what a job's hash covers
+    for study, entry in config["studies"].items():
+        if study != "noise_ext":
+            assert entry["variant_training"] == {}
+
+
+def test_validate_is_idempotent_on_the_shipped_config(raw):
+    once = validate_config(raw)
+    twice = validate_config(once)
+    assert twice == once
+    assert validate_config(json.loads(json.dumps(once))) == once  # the workflow passes it on as JSON
+    for study in ("dropout_ext", "noise_ext"):
+        assert [g["variants"] for g in twice["studies"][study]["grids"]] == [
+            g["variants"] for g in once["studies"][study]["grids"]]
+    assert twice["studies"]["noise_ext"]["variant_training"] == once["studies"]["noise_ext"]["variant_training"]
+    assert {(s, v): spec_hash(variant_spec(twice, s, v)) for s in EXPECTED_VARIANTS for v in EXPECTED_VARIANTS[s]} == {
+        (s, v): spec_hash(variant_spec(once, s, v)) for s in EXPECTED_VARIANTS for v in EXPECTED_VARIANTS[s]}
+
+
 def _set(path, value):
     """A config edit that sets the value at a key path (a list of keys and indices)."""
     def edit(config):
@@ -164,7 +293,18 @@ def _duplicate_claim(config):
     config["claims"].append(dict(config["claims"][0], text="again"))
 
 
+def _grid(study, grid):
+    """A config edit that appends a grid to a study."""
+    def edit(config):
+        config["studies"][study].setdefault("grids", []).append(grid)
+    return edit
+
+
 OVERFIT = ["studies", "dropout", "variants", "overfit"]
+DROPOUT_GRID = ["studies", "dropout_ext", "grids", 0]
+LABEL_FLIP = ["studies", "noise_ext", "variants", "label_flip_0.1"]
+GRAD_NOISE = ["studies", "noise_ext", "variants", "gradient_noise_0.01"]
+MAXNORM = ["studies", "dropout_ext", "variants", "dropout_0.4_maxnorm_3"]
 BAD_CONFIGS = {
     # name: (edit, text the message must contain (the key path), more text it must contain)
     "unknown layer": (_set(OVERFIT + [0], {"foo": {"units": 3}}), "studies.dropout.variants.overfit[0]:",
@@ -218,6 +358,72 @@ BAD_CONFIGS = {
     "claim with unknown study": (_set(["claims", 0, "study"], "bn"), "claims[0].study:", "unknown study 'bn'"),
     "claim with unknown metric": (_set(["claims", 0, "metric"], "accuracy"), "claims[0].metric:", "is not one of"),
     "duplicate claim ids": (_duplicate_claim, "claims[8].id:", "duplicate claim id 'bn_faster' (also claims[0])"),
+    # ---- grids, per-variant training overrides and the new layer options (the *_ext studies)
+    "grid param the layer lacks": (
+        _set(DROPOUT_GRID + ["layer"], 0), "studies.dropout_ext.grids[0].param:",
+        "layer 0 (dense) of variant 'dropout_0.4' has no parameter 'rate' (has: units, activation, "
+        "kernel_initializer, use_bias, max_norm, unit_norm, weight_noise)"),
+    "grid param training lacks": (
+        _grid("noise_ext", {"id": "mom", "base": "overfit", "param": "momentum", "values": [0.5]}),
+        "studies.noise_ext.grids[2].param:", "training has no parameter 'momentum' (has: optimizer, epochs,"),
+    "grid layer out of range": (_set(DROPOUT_GRID + ["layer"], 3), "studies.dropout_ext.grids[0].layer:",
+                                "base variant 'dropout_0.4' has 3 layers; there is no layer 3"),
+    "grid layer negative": (_set(DROPOUT_GRID + ["layer"], -1), "studies.dropout_ext.grids[0].layer:",
+                            "-1 is less than the minimum of 0"),
+    "grid base unknown": (_set(DROPOUT_GRID + ["base"], "dropout_0.5x"), "studies.dropout_ext.grids[0].base:",
+                          "unknown base variant 'dropout_0.5x' (defined: overfit, dropout_0.4,"),
+    "grid baseline unknown": (_set(DROPOUT_GRID + ["baseline"], "nope"), "studies.dropout_ext.grids[0].baseline:",
+                              "unknown baseline variant 'nope' (defined: overfit,"),
+    "grid values empty": (_set(DROPOUT_GRID + ["values"], []), "studies.dropout_ext.grids[0].values:",
+                          "must not be empty"),
+    "grid noise stddev < 0": (
+        _set(["studies", "noise_ext", "grids", 1, "values", 3], -0.02), "studies.noise_ext.grids[1].values[3]:",
+        "grid value -0.02 gives an invalid variant 'hidden_pre_-0.02': -0.02 is less than the minimum of 0 "
+        "(at [1].gaussian_noise.stddev)"),
+    "label flip override > 1": (_set(LABEL_FLIP + ["training", "label_flip"], 1.5),
+                                "studies.noise_ext.variants.label_flip_0.1.training.label_flip:",
+                                "1.5 is greater than the maximum of 1"),
+    "label flip override < 0": (_set(LABEL_FLIP + ["training", "label_flip"], -0.1),
+                                "studies.noise_ext.variants.label_flip_0.1.training.label_flip:",
+                                "-0.1 is less than the minimum of 0"),
+    "label flip in study training > 1": (_set(["studies", "noise_ext", "training", "label_flip"], 2),
+                                         "studies.noise_ext.training.label_flip:", "2 is greater than the maximum of 1"),
+    "label flip grid value > 1": (
+        _grid("noise_ext", {"id": "flip", "base": "overfit", "param": "label_flip", "values": [0.1, 1.2]}),
+        "studies.noise_ext.grids[2].values[1]:",
+        "grid value 1.2 gives an invalid variant 'flip_1.2': 1.2 is greater than the maximum of 1 "
+        "(at training.label_flip)"),
+    "label flip grid value < 0": (
+        _grid("noise_ext", {"id": "flip", "base": "overfit", "param": "label_flip", "values": [-0.5]}),
+        "studies.noise_ext.grids[2].values[0]:", "-0.5 is less than the minimum of 0"),
+    "max_norm 0": (_set(MAXNORM + [0, "dense", "max_norm"], 0),
+                   "studies.dropout_ext.variants.dropout_0.4_maxnorm_3[0].dense.max_norm:",
+                   "0 is less than or equal to the minimum of 0"),
+    "max_norm -1": (_set(MAXNORM + [0, "dense", "max_norm"], -1),
+                    "studies.dropout_ext.variants.dropout_0.4_maxnorm_3[0].dense.max_norm:",
+                    "-1 is less than or equal to the minimum of 0"),
+    "max_norm 0 as a grid value": (
+        _grid("dropout_ext", {"id": "mn", "base": "dropout_0.4_maxnorm_3", "layer": 0, "param": "max_norm",
+                              "values": [1.0, 0.0]}),
+        "studies.dropout_ext.grids[1].values[1]:", "0.0 is less than or equal to the minimum of 0"),
+    "weight_noise < 0": (_set(["studies", "noise_ext", "variants", "weight_noise_0.05", 0, "dense", "weight_noise"], -0.05),
+                         "studies.noise_ext.variants.weight_noise_0.05[0].dense.weight_noise:",
+                         "-0.05 is less than the minimum of 0"),
+    "gradient noise eta < 0 (override)": (
+        _set(GRAD_NOISE + ["training", "gradient_noise", "eta"], -0.01),
+        "studies.noise_ext.variants.gradient_noise_0.01.training.gradient_noise.eta:",
+        "-0.01 is less than the minimum of 0"),
+    "gradient noise eta < 0 (study)": (
+        _set(["studies", "noise_ext", "training", "gradient_noise"], {"eta": -1}),
+        "studies.noise_ext.training.gradient_noise.eta:", "-1 is less than the minimum of 0"),
+    "gradient noise unknown key": (
+        _set(GRAD_NOISE + ["training", "gradient_noise", "sigma"], 0.1),
+        "studies.noise_ext.variants.gradient_noise_0.01.training.gradient_noise:", "unknown key 'sigma'"),
+    "grid name without {value}": (_set(DROPOUT_GRID + ["name"], "dropout_x"), "studies.dropout_ext.grids[0].name:",
+                                  "'dropout_x' does not match"),
+    "grid point clashes with a variant": (
+        _set(DROPOUT_GRID + ["name"], "input_dropout_{value}"), "studies.dropout_ext.grids[0].values[2]:",
+        "grid point 'input_dropout_0.2' clashes with a different variant of that name"),
 }
 
 

@@ -181,3 +181,42 @@ def test_net_initial_weights_depend_only_on_the_seed():
     alone = ReplicaNet(layers, 2, [7])
     for p_chunk, p_alone in zip(chunk.parameters(), alone.parameters()):
         assert torch.equal(p_chunk[1], p_alone[0])
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 3.0])
+def test_max_norm_rescales_each_units_incoming_weights_as_keras(max_norm):
+    layer = L.Dense(S, 6, 4, max_norm=max_norm)
+    with torch.no_grad():
+        layer.kernel.normal_(0, 2.0)
+    before = layer.kernel.detach().double().numpy().copy()
+    layer.constrain_()
+    for r in range(S):
+        w = before[r]  # Keras kernel [in, out]; the norm runs over axis 0 (each unit's inputs)
+        n = np.sqrt((w**2).sum(axis=0, keepdims=True))
+        expected = w * np.clip(n, 0, max_norm) / (1e-7 + n)
+        np.testing.assert_allclose(layer.kernel[r].detach().numpy(), expected, rtol=1e-5)
+    norms = torch.linalg.vector_norm(layer.kernel, dim=1)
+    assert torch.all(norms <= max_norm + 1e-5)
+
+
+def test_unit_norm_makes_each_units_weights_unit_length():
+    layer = L.Dense(S, 6, 4, unit_norm=True)
+    with torch.no_grad():
+        layer.kernel.normal_(0, 2.0)
+    layer.constrain_()
+    torch.testing.assert_close(torch.linalg.vector_norm(layer.kernel, dim=1), torch.ones(S, 4))
+
+
+def test_weight_noise_perturbs_the_kernel_in_training_only():
+    layer = L.Dense(S, 5, 7, weight_noise=0.1)
+    layer.reset_parameters(gens(stream=0))
+    layer.generators = gens()
+    x = torch.randn(S, 9, 5)
+    y = layer(x)
+    noise = torch.empty(5, 7).normal_(generator=seed_generator(0, STREAM_NOISE)) * 0.1
+    torch.testing.assert_close(y[0], x[0] @ (layer.kernel[0] + noise) + layer.bias[0], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(layer(x), layer(x))  # fresh noise at every training pass
+    (y.sum()).backward()  # the gradient flows to the clean kernel
+    assert layer.kernel.grad is not None
+    layer.eval()
+    torch.testing.assert_close(layer(x), torch.baddbmm(layer.bias, x, layer.kernel))

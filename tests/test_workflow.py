@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from reglab.config import validate_config
+
 REPO = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = {"epoch_time_s", "time_to_80_s"}
 
@@ -44,12 +46,16 @@ def tiny_config() -> dict:
 def planned_train_jobs(workdir: Path) -> set[str]:
     """The run directories a dry run would (re)train."""
     out = snakemake(workdir, "-n").stdout
-    return {line.split("output: ")[1].split("/history.csv")[0] for line in out.splitlines() if "history.csv" in line and "output:" in line}
+    return {
+        line.split("output: ")[1].strip()
+        for line in out.splitlines()
+        if line.strip().startswith("output: results/runs/")
+    }
 
 
 def read_without_timing(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
-    return frame.drop(columns=[c for c in frame.columns if c in TIMING_COLUMNS or c.endswith("_s")])
+    return frame.drop(columns=[c for c in frame.columns if c in TIMING_COLUMNS or c.endswith(("_s", "_mb"))])
 
 
 def test_default_config_plans_every_study(tmp_path):
@@ -59,7 +65,7 @@ def test_default_config_plans_every_study(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for study, variant in [("batchnorm", "bn_before"), ("dropout", "dropout_0.4"), ("noise", "hidden_post_0.1")]:
-        assert f"results/runs/{study}/{variant}/chunk0/meta.json" in proc.stdout
+        assert f"results/runs/{study}/{variant}/chunk0" in proc.stdout
 
 
 def test_bad_config_stops_before_any_job_with_the_key_path(tmp_path):
@@ -86,13 +92,13 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_produces_results_and_report(tiny_run):
     report = tiny_run / "report" / "index.html"
     assert report.is_file() and report.stat().st_size > 10_000
-    config = tiny_config()
+    config = validate_config(tiny_config())  # grids expanded
     for study, spec in config["studies"].items():
         seeds = spec.get("seeds", config["seeds"])
         per_seed = pd.read_csv(tiny_run / "results" / "aggregate" / study / "per_seed.csv")
         assert len(per_seed) == seeds * len(spec["variants"])
         for variant in spec["variants"]:
-            finals = pd.concat(pd.read_csv(p) for p in (tiny_run / "results/runs" / study / variant).glob("chunk*/final.csv"))
+            finals = pd.concat(pd.read_csv(p) for p in (tiny_run / "results/runs" / study).glob(f"*/chunk*/{variant}/final.csv"))
             assert sorted(finals["seed"]) == list(range(seeds))
             assert finals["test_acc"].between(0, 1).all()
     html = report.read_text()
@@ -110,7 +116,8 @@ def test_complete_run_leaves_nothing_to_do(tiny_run):
 def test_same_command_gives_identical_metrics(tiny_run, tmp_path):
     second = make_workdir(tmp_path / "run2")
     snakemake(second, "--cores", "2")
-    files = sorted(p.relative_to(tiny_run) for p in (tiny_run / "results").rglob("*.csv"))
+    # every metric file; runtime.csv holds only measurements of time and memory
+    files = sorted(p.relative_to(tiny_run) for p in (tiny_run / "results").rglob("*.csv") if p.name != "runtime.csv")
     assert len(files) >= 10
     for rel in files:
         a, b = read_without_timing(tiny_run / rel), read_without_timing(second / rel)

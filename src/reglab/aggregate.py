@@ -89,19 +89,23 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 def _numeric(raw: pd.Series, path: Path, col: str) -> pd.Series:
     """Convert one column to numbers; empty or non-numeric cells raise ResultsError."""
-    text = raw.fillna("").astype(str).str.strip()
-    empty = text == ""
-    if empty.any():
-        row = int(np.flatnonzero(empty.to_numpy())[0]) + 1
-        raise ResultsError(f"{path}: empty value in column {col!r} at data row {row} (truncated?)")
-    num = pd.to_numeric(text, errors="coerce")
-    bad = num.isna() & ~(text.str.lower().eq("nan") & (col in _NAN_OK))
+    num = pd.to_numeric(raw, errors="coerce")
+    if num.isna().any():  # slow path only when something did not parse
+        text = raw.fillna("").astype(str).str.strip()
+        empty = text == ""
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0]) + 1
+            raise ResultsError(f"{path}: empty value in column {col!r} at data row {row} (truncated?)")
+        bad = num.isna() & ~(text.str.lower().eq("nan") & (col in _NAN_OK))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ResultsError(f"{path}: column {col!r} has a bad value {text.iloc[row]!r} at data row {row + 1}")
     if col in _INT_COLUMNS:
-        bad |= num.notna() & (num != num.round())
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ResultsError(f"{path}: column {col!r} has a bad value {text.iloc[row]!r} at data row {row + 1}")
-    return num.astype("int64") if col in _INT_COLUMNS else num.astype(float)
+        if (num != num.round()).any():
+            row = int(np.flatnonzero((num != num.round()).to_numpy())[0])
+            raise ResultsError(f"{path}: column {col!r} has a non-integer value {raw.iloc[row]!r} at data row {row + 1}")
+        return num.astype("int64")
+    return num.astype(float)
 
 
 def _read_meta(path: Path) -> dict:
@@ -128,10 +132,10 @@ def _check_job(run_dir: Path, hist: pd.DataFrame, final: pd.DataFrame, meta: dic
     for name, df in (("history.csv", hist), ("final.csv", final)):
         path = run_dir / name
         for key in ("study", "variant"):
-            values = set(df[key].astype(str))
+            values = {str(v) for v in df[key].unique()}
             if values != {str(meta[key])}:
                 raise ResultsError(f"{path}: {key} {sorted(values)} does not match meta.json ({meta[key]!r})")
-        got = sorted(set(df["seed"].tolist()))
+        got = sorted(int(v) for v in df["seed"].unique())
         if got != seeds:
             raise ResultsError(f"{path}: seeds {got} do not match meta.json seeds {seeds} (truncated?)")
     if final["seed"].duplicated().any():
@@ -270,6 +274,7 @@ def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             df.to_csv(fh, index=False)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from reglab import layers as L
 from reglab.config import load_config, validate_config, variant_spec
 from reglab.data import make_dataset
-from reglab.train import configure_threads, train
+from reglab.train import configure_process, train
 
 CASES = {"dropout": ("dropout", "dropout_0.4"), "batchnorm": ("batchnorm", "bn_after")}
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("pytorch_lightning", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    configure_threads(args.threads)
+    configure_process(args.threads)
     config = validate_config(load_config(args.config))
     report = {}
     print(f"{'case':<10} {'engine':>12} {'torch loop':>12} {'lightning':>12} {'vs loop':>8} {'vs L':>8}   (per replica-epoch)")

@@ -28,6 +28,18 @@ def json_object(text: str) -> dict:
     return value
 
 
+def json_objects(text: str) -> list[dict]:
+    """argparse type: a JSON object or a list of JSON objects, as a list."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    value = value if isinstance(value, list) else [value]
+    if not value or not all(isinstance(v, dict) for v in value):
+        raise argparse.ArgumentTypeError("must be a JSON object or a non-empty list of JSON objects")
+    return value
+
+
 def seed_list(text: str) -> list[int]:
     """argparse type: comma-separated non-negative integers."""
     try:
@@ -81,13 +93,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from reglab.results import write_run
     from reglab.train import train
 
-    started = now()
     data = load_dataset(args.dataset)
-    result = train(args.spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator)
-    write_run(args.outdir, args.spec, result, args.chunk, started)
-    acc = result.final["test_acc"]
-    print(f"{args.spec['study']}/{args.spec['variant']} seeds {args.seeds}: test accuracy "
-          f"{acc.mean():.3f} +- {acc.std():.3f}, fit {result.fit_time_s:.1f}s")
+    for spec in args.spec:  # a pack of variants shares this process's start-up
+        started = now()
+        result = train(spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator)
+        write_run(args.outdir / spec["variant"], spec, result, args.chunk, started)
+        acc = result.final["test_acc"]
+        print(f"{spec['study']}/{spec['variant']} seeds {args.seeds}: test accuracy "
+              f"{acc.mean():.3f} +- {acc.std():.3f}, fit {result.fit_time_s:.1f}s", flush=True)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -128,14 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="npz file to write")
     p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("train", help="train one chunk of a variant's seeds")
-    p.add_argument("--spec", type=json_object, required=True, help="the variant spec as JSON")
+    p = sub.add_parser("train", help="train one chunk of seeds of a pack of variants")
+    p.add_argument("--spec", type=json_objects, required=True,
+                   help="a variant spec as JSON, or a list of them (trained one after another)")
     p.add_argument("--dataset", type=existing_file, required=True, help="dataset npz")
     p.add_argument("--seeds", type=seed_list, required=True, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--chunk", type=int, default=0, help="chunk index (recorded)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu")
-    p.add_argument("--outdir", type=Path, required=True, help="run directory to write")
+    p.add_argument("--outdir", type=Path, required=True, help="directory for one run directory per variant")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("aggregate", help="aggregate one study's runs")

@@ -68,19 +68,110 @@ def validate_config(config: dict, schema_path=SCHEMA_PATH, source: str = "config
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = Draft202012Validator(schema)
-    error = best_match(validator.iter_errors(config))
-    if error is not None:
-        while error.parent is not None:  # best_match descends into oneOf branches; _describe picks one itself
-            error = error.parent
-        path, message = _describe(error)
-        raise ConfigError(message, path, source)
+    _raise_first_schema_error(validator, config, source)
     config = copy.deepcopy(config)
+    origins = _expand_grids(config, schema, source)
+    _raise_first_schema_error(validator, config, source, origins)
     _fill_defaults(config, schema, schema, validator)
     for study in config["studies"].values():
         study.setdefault("seeds", config["seeds"])
+        _split_variant_training(study)
     for path, message in _cross_reference_errors(config):
         raise ConfigError(message, path, source)  # the first problem found
     return config
+
+
+def _raise_first_schema_error(validator, config: dict, source: str, origins: dict | None = None) -> None:
+    """Raise ConfigError for the most relevant schema error, if any.
+
+    ``origins`` maps grid-generated variants ``(study, variant)`` to the key path of the grid value
+    they came from, so that an error inside one is reported where the user wrote it.
+    """
+    error = best_match(validator.iter_errors(config))
+    if error is None:
+        return
+    while error.parent is not None:  # best_match descends into oneOf branches; _describe picks one itself
+        error = error.parent
+    path, message = _describe(error)
+    if origins and len(path) >= 4 and path[0] == "studies" and (path[1], path[3]) in origins:
+        grid_path, value = origins[(path[1], path[3])]
+        message = f"grid value {value!r} gives an invalid variant {path[3]!r}: {message} (at {format_path(path[4:])})"
+        path = grid_path
+    raise ConfigError(message, path, source)
+
+
+def _expand_grids(config: dict, schema: dict, source: str) -> dict:
+    """Add each study's grid points as variants, in place; return their origins (see above).
+
+    A grid varies one option of a base variant (``layer`` index and ``param`` path inside the layer's
+    options, or a ``param`` of its training) over ``values``; each point is named by the ``name``
+    template. (snakemake.utils.Paramspace names points ``key~value`` over DataFrame columns and knows
+    no base variant or nested layer option, so the expansion is done here.)
+    """
+    origins = {}
+    for study_name, study in config["studies"].items():
+        variants = study["variants"]
+        for g, grid in enumerate(study.get("grids", [])):
+            where = ["studies", study_name, "grids", g]
+            for key in ("base", "baseline"):
+                if key in grid and grid[key] not in variants:
+                    raise ConfigError(f"unknown {key} variant {grid[key]!r} (defined: {', '.join(variants)})",
+                                      [*where, key], source)
+            names = []
+            for i, value in enumerate(grid["values"]):
+                name = grid.get("name", "{id}_{value}").replace("{id}", grid["id"]).replace("{value}", str(value))
+                point = _grid_point(_variant_parts(study, grid["base"]), grid, value, schema, where, source)
+                if name in variants and name not in names and _variant_parts(study, name) != point:
+                    raise ConfigError(f"grid point {name!r} clashes with a different variant of that name",
+                                      [*where, "values", i], source)
+                layers, training = point
+                variants[name] = {"layers": layers, "training": training} if training else layers
+                names.append(name)
+                origins[(study_name, name)] = ([*where, "values", i], value)
+            grid["variants"] = names
+    return origins
+
+
+def _variant_parts(study: dict, name: str) -> tuple[list, dict]:
+    """A variant's layers and training overrides, whichever form it is written in."""
+    variant = study["variants"][name]
+    if isinstance(variant, dict):
+        return variant["layers"], variant.get("training", {})
+    return variant, study.get("variant_training", {}).get(name, {})
+
+
+def _grid_point(base: tuple[list, dict], grid: dict, value, schema: dict, where: list, source: str):
+    """The base variant's (layers, training overrides) with the grid's parameter set to ``value``."""
+    layers, training = copy.deepcopy(base)
+    keys = grid["param"].split(".")
+    if "layer" in grid:
+        if grid["layer"] >= len(layers):
+            raise ConfigError(f"base variant {grid['base']!r} has {len(layers)} layers; there is no layer "
+                              f"{grid['layer']}", [*where, "layer"], source)
+        (kind, target), = layers[grid["layer"]].items()
+        allowed = schema["$defs"]["layer"]["properties"][kind].get("properties", {})
+        what = f"layer {grid['layer']} ({kind}) of variant {grid['base']!r}"
+    else:
+        target = training
+        allowed = schema["$defs"]["training_override"]["properties"]
+        what = "training"
+    if keys[0] not in allowed:
+        raise ConfigError(f"{what} has no parameter {keys[0]!r} (has: {', '.join(allowed) or 'none'})",
+                          [*where, "param"], source)
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    target[keys[-1]] = value
+    return layers, training
+
+
+def _split_variant_training(study: dict) -> None:
+    """Normalise variants to lists of layers; per-variant training overrides go to `variant_training`."""
+    overrides = study.setdefault("variant_training", {})
+    for name, variant in study["variants"].items():
+        if isinstance(variant, dict):
+            study["variants"][name] = variant["layers"]
+            if variant.get("training"):
+                overrides[name] = variant["training"]
 
 
 def _describe(error: ValidationError) -> tuple[list, str]:
@@ -113,8 +204,15 @@ def _describe(error: ValidationError) -> tuple[list, str]:
 
 
 def _describe_one_of(error: ValidationError) -> tuple[list, str]:
-    """Explain a oneOf failure: the branches are told apart by their `name` constant (the optimizer)."""
+    """Explain a oneOf failure: the branches are told apart by their `name` constant (the optimizer)
+    or by their type (a variant: a list of layers or a mapping)."""
     names = [branch.get("properties", {}).get("name", {}).get("const") for branch in error.validator_value]
+    if not any(names):
+        wrong_type = {e.relative_schema_path[0] for e in error.context if e.validator == "type" and not e.path}
+        errors = [e for e in error.context if e.relative_schema_path[0] not in wrong_type]
+        if not errors:
+            return list(error.absolute_path), f"{reprlib.repr(error.instance)} is neither a list of layers nor a mapping"
+        return _describe(best_match(errors))
     name = error.instance.get("name") if isinstance(error.instance, dict) else None
     if name in names:
         index = names.index(name)
@@ -188,6 +286,11 @@ def _cross_reference_errors(config: dict):
                 yield (["studies", name, "variants", variant, len(layers) - 1],
                        "the last layer must be dense with units: 1 and activation: sigmoid "
                        f"(every model is a binary classifier), got {layers[-1]}")
+    for name, study in studies.items():
+        for g, grid in enumerate(study.get("grids", [])):
+            if grid["id"] in study["variants"] and grid["id"] not in grid["variants"]:
+                yield (["studies", name, "grids", g, "id"],
+                       f"grid id {grid['id']!r} is also the name of a variant; grid ids name training jobs")
     seen = {}
     for i, claim in enumerate(config["claims"]):
         if claim["id"] in seen:
@@ -211,11 +314,14 @@ def seeds_for(config: dict, study: str) -> list[int]:
 def variant_spec(config: dict, study: str, variant: str) -> dict:
     """Everything one training job needs to build and train a variant (and nothing else, so it hashes well)."""
     entry = config["studies"][study]
+    training = copy.deepcopy(entry["training"])
+    for key, value in entry.get("variant_training", {}).get(variant, {}).items():
+        training[key] = {**training[key], **value} if key == "gradient_noise" else value
     return copy.deepcopy({
         "study": study,
         "variant": variant,
         "dataset": {"name": entry["dataset"], **config["datasets"][entry["dataset"]]},
-        "training": entry["training"],
+        "training": training,
         "layers": entry["variants"][variant],
     })
 
@@ -241,11 +347,28 @@ def chunk_seeds(config: dict, study: str, chunk: int) -> list[int]:
     return chunks[chunk]
 
 
+def study_packs(config: dict, study: str) -> dict[str, list[str]]:
+    """A study's variants grouped into packs, the variants one training job trains one after another.
+
+    Each grid is a pack named by its id (its points share the job's start-up cost); every other
+    variant is a pack of its own, named like it.
+    """
+    entry = config["studies"][study]
+    packs, claimed = {}, set()
+    for grid in entry.get("grids", []):
+        packs[grid["id"]] = [v for v in grid["variants"] if v not in claimed]
+        claimed.update(grid["variants"])
+    for variant in entry["variants"]:
+        if variant not in claimed:
+            packs[variant] = [variant]
+    return {name: variants for name, variants in packs.items() if variants}
+
+
 def training_jobs(config: dict) -> list[dict]:
-    """One job per (study, variant, chunk of seeds): dicts with keys study, variant, chunk, seeds."""
+    """One job per (study, pack, chunk of seeds): dicts with keys study, pack, variants, chunk, seeds."""
     return [
-        {"study": study, "variant": variant, "chunk": k, "seeds": seeds}
-        for study, entry in config["studies"].items()
-        for variant in entry["variants"]
+        {"study": study, "pack": pack, "variants": variants, "chunk": k, "seeds": seeds}
+        for study in config["studies"]
+        for pack, variants in study_packs(config, study).items()
         for k, seeds in enumerate(_chunks(config, study))
     ]

@@ -33,8 +33,35 @@ def keras_init_(tensor: torch.Tensor, name: str, fan_in: int, fan_out: int, gene
         nn.init.trunc_normal_(tensor, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
-class Dense(nn.Module):
-    """Keras ``Dense``: ``activation(x @ kernel + bias)`` with kernel ``[S, in, units]``."""
+def draw_per_replica(like: torch.Tensor, generators: list[torch.Generator], fill: str) -> torch.Tensor:
+    """A tensor shaped like ``like`` whose slice r is filled (``uniform_``/``normal_``) from generator r."""
+    out = torch.empty_like(like)
+    for r, gen in enumerate(generators):
+        getattr(out[r], fill)(generator=gen)
+    return out
+
+
+class RandomDraws(nn.Module):
+    """Base for layers that draw fresh per-replica random numbers in training only.
+
+    ``generators`` holds one generator per replica (set by the network; shared by all its layers).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generators: list[torch.Generator] = []
+
+    def _draw(self, like: torch.Tensor, fill: str) -> torch.Tensor:
+        return draw_per_replica(like, self.generators, fill)
+
+
+class Dense(RandomDraws):
+    """Keras ``Dense``: ``activation(x @ kernel + bias)`` with kernel ``[S, in, units]``.
+
+    Options beyond Keras' defaults: ``max_norm`` / ``unit_norm`` kernel constraints (applied by
+    :meth:`constrain_` after every update, as Keras does) and ``weight_noise``, the stddev of fresh
+    Gaussian noise added to the kernel at every training forward pass.
+    """
 
     def __init__(
         self,
@@ -44,8 +71,14 @@ class Dense(nn.Module):
         activation: str = "linear",
         kernel_initializer: str = "glorot_uniform",
         use_bias: bool = True,
+        max_norm: float | None = None,
+        unit_norm: bool = False,
+        weight_noise: float = 0.0,
     ) -> None:
         super().__init__()
+        self.max_norm = max_norm
+        self.unit_norm = unit_norm
+        self.weight_noise = weight_noise
         self.kernel = nn.Parameter(torch.empty(replicas, in_features, units))
         self.bias = nn.Parameter(torch.zeros(replicas, 1, units)) if use_bias else None
         self.activation = activation
@@ -61,16 +94,32 @@ class Dense(nn.Module):
             if self.bias is not None:
                 self.bias.zero_()
 
+    @property
+    def constrained(self) -> bool:
+        return self.max_norm is not None or self.unit_norm
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Keras' MaxNorm / UnitNorm on each unit's incoming weights: ``w * clip(n, 0, c) / (1e-7 + n)``."""
+        norms = torch.linalg.vector_norm(self.kernel, dim=1, keepdim=True)
+        if self.unit_norm:
+            self.kernel.div_(norms + 1e-7)
+        else:
+            self.kernel.mul_(norms.clamp(0.0, self.max_norm) / (norms + 1e-7))
+
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """The pre-activation ``x @ kernel + bias``."""
-        if self.kernel.shape[2] == 1:
+        """The pre-activation ``x @ kernel + bias`` (with fresh weight noise in training)."""
+        kernel = self.kernel
+        if self.training and self.weight_noise > 0:
+            kernel = torch.add(kernel, self._draw(kernel, "normal_"), alpha=self.weight_noise)
+        if kernel.shape[2] == 1:
             # A one-unit output as multiply-and-sum: CPU batched matmul kernels are slow for
             # matrix-vector shapes, forward and backward (measured 6x slower).
-            y = (x * self.kernel.transpose(1, 2)).sum(dim=2, keepdim=True)
+            y = (x * kernel.transpose(1, 2)).sum(dim=2, keepdim=True)
             return y if self.bias is None else y + self.bias
         if self.bias is None:
-            return torch.bmm(x, self.kernel)
-        return torch.baddbmm(self.bias, x, self.kernel)
+            return torch.bmm(x, kernel)
+        return torch.baddbmm(self.bias, x, kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.linear(x)
@@ -128,22 +177,7 @@ class BatchNorm(nn.Module):
         return y if self.beta is None else y + self.beta
 
 
-class _PerReplicaNoise(nn.Module):
-    """Base for layers that draw fresh per-replica random numbers in training only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.generators: list[torch.Generator] = []
-
-    def _draw(self, like: torch.Tensor, fill: str) -> torch.Tensor:
-        """One tensor shaped like ``like``; slice r filled from replica r's generator."""
-        out = torch.empty_like(like)
-        for r, gen in enumerate(self.generators):
-            getattr(out[r], fill)(generator=gen)
-        return out
-
-
-class Dropout(_PerReplicaNoise):
+class Dropout(RandomDraws):
     """Keras ``Dropout(rate)``: inverted dropout (kept units scaled by 1/(1-rate)), identity in inference."""
 
     def __init__(self, rate: float) -> None:
@@ -159,7 +193,7 @@ class Dropout(_PerReplicaNoise):
         return x * mask
 
 
-class GaussianNoise(_PerReplicaNoise):
+class GaussianNoise(RandomDraws):
     """Keras ``GaussianNoise(stddev)``: adds N(0, stddev^2) in training, identity in inference."""
 
     def __init__(self, stddev: float) -> None:

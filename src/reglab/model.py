@@ -54,6 +54,7 @@ class ReplicaNet(nn.Module):
             raise ValueError("the last layer must be dense with 1 unit and sigmoid activation")
         self.body = nn.Sequential(*body)
         self.head = head
+        self.constrained = [m for m in self.modules() if isinstance(m, L.Dense) and m.constrained]
         self.reset_parameters()
         self.reset_noise()
 
@@ -71,12 +72,25 @@ class ReplicaNet(nn.Module):
     def reset_noise(self, device: str | torch.device = "cpu") -> None:
         """Give every stochastic layer the replicas' noise generators (shared, drawn in layer order)."""
         gens = [seed_generator(s, STREAM_NOISE, device) for s in self.seeds]
+        self.noise_generators = gens
         for module in self.modules():
-            if isinstance(module, L._PerReplicaNoise):
+            if isinstance(module, L.RandomDraws):
                 module.generators = gens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head.linear(self.body(x)).squeeze(-1)
+
+    def constrain_(self) -> None:
+        """Apply every Dense layer's kernel constraint (after each weight update)."""
+        for module in self.constrained:
+            module.constrain_()
+
+    @torch.no_grad()
+    def add_gradient_noise_(self, stddev: float) -> None:
+        """Add fresh N(0, stddev^2) noise to every gradient, each replica from its own stream."""
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.add_(L.draw_per_replica(p.grad, self.noise_generators, "normal_"), alpha=stddev)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+import math
+
+from reglab.layers import draw_per_replica
 from reglab.model import STREAM_SHUFFLE, ReplicaNet, seed_generator
 from reglab.optim import make_optimizer
 
@@ -37,8 +40,14 @@ class ReplicaClassifier(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.spec = spec
-        self.epochs = int(spec["training"]["epochs"])
-        self.batch_size = int(spec["training"]["batch_size"])
+        training = spec["training"]
+        self.epochs = int(training["epochs"])
+        self.batch_size = int(training["batch_size"])
+        self.label_flip = float(training.get("label_flip", 0.0))
+        gradient_noise = training.get("gradient_noise") or {}
+        self.gradient_noise_eta = float(gradient_noise.get("eta", 0.0))
+        self.gradient_noise_gamma = float(gradient_noise.get("gamma", 0.55))
+        self.updates = 0
         x_train = torch.as_tensor(data["x_train"], dtype=torch.float32)
         self.net = ReplicaNet(spec["layers"], x_train.shape[1], seeds)
         s = self.net.replicas
@@ -67,16 +76,23 @@ class ReplicaClassifier(pl.LightningModule):
         self.net.train()
         order = self.orders[epoch]
         n = order.shape[1]
+        targets = self.epoch_targets()
         loss_sum = torch.zeros(self.net.replicas, device=self.device)
         correct = torch.zeros_like(loss_sum)
         for lo in range(0, n, self.batch_size):
             idx = order[:, lo : lo + self.batch_size]
-            xb, yb = self.x_train[idx], self.y_train[idx]
+            xb, yb = self.x_train[idx], targets.gather(1, idx)
             logits = self.net(xb)
             losses = F.binary_cross_entropy_with_logits(logits, yb, reduction="none").mean(dim=1)
             opt.zero_grad(set_to_none=False)
             self.manual_backward(losses.sum())
+            if self.gradient_noise_eta > 0:
+                # Neelakantan et al. (2015): variance eta / (1 + t)^gamma at update t
+                variance = self.gradient_noise_eta / (1 + self.updates) ** self.gradient_noise_gamma
+                self.net.add_gradient_noise_(math.sqrt(variance))
             opt.step()
+            self.net.constrain_()
+            self.updates += 1
             with torch.no_grad():
                 loss_sum += losses.detach() * idx.shape[1]
                 correct += ((logits > 0) == (yb > 0.5)).sum(dim=1)
@@ -87,6 +103,14 @@ class ReplicaClassifier(pl.LightningModule):
         h["test_loss"][epoch] = test_loss.cpu()
         h["test_acc"][epoch] = test_acc.cpu()
         self.epoch_time[epoch] = time.perf_counter() - start
+
+    def epoch_targets(self) -> torch.Tensor:
+        """Training labels ``[S, N]`` for one epoch: each flipped with probability ``label_flip``, afresh."""
+        y = self.y_train.expand(self.net.replicas, -1)
+        if self.label_flip <= 0:
+            return y
+        flips = draw_per_replica(y, self.net.noise_generators, "uniform_").lt_(self.label_flip)
+        return (y - flips).abs_()
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 #: Okabe-Ito colours, ordered for contrast on white (yellow last)
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -66,12 +67,14 @@ def _band(ax, c: pd.DataFrame, metric: str, color: str, label=None, ls: str = "-
 
 def _grid(n: int, ncols_max: int = 3, w: float = 3.6, h: float = 3.0, **kw):
     """A Figure with a grid of n panels (extra panels hidden); returns (fig, flat axes)."""
-    ncols = max(1, min(ncols_max, n))
+    ncols = max(1, math.ceil(n / math.ceil(n / ncols_max)))  # balanced rows: 4 -> 2x2, 5 -> 3+2
     nrows = max(1, math.ceil(n / ncols))
     fig = Figure(figsize=(w * ncols, h * nrows + 0.6), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, **kw)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
+    for ax in axes[max(0, n - ncols):n]:  # the lowest visible panel of each column shows its x ticks
+        ax.xaxis.set_tick_params(labelbottom=True)
     return fig, axes[:n]
 
 
@@ -93,7 +96,7 @@ def fig_dataset(data: dict) -> Figure:
         x, y = np.asarray(data[f"x_{split}"]), np.asarray(data[f"y_{split}"])
         _points(ax, x, y, filled=True, size=16)
         ax.set_title(f"{split} ({len(y)} points)")
-        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_aspect("equal", adjustable="box")
         ax.set_xlabel("x1")
     axes[0].set_ylabel("x2")
     handles = [axes[0].scatter([], [], c=CLASS_COLORS[k], marker=CLASS_MARKERS[k], edgecolors="black",
@@ -136,7 +139,9 @@ def fig_small_multiples(curves: pd.DataFrame, variants, colors=None, max_points:
         ax.axhline(threshold, color="grey", lw=0.8, ls=":")
         ax.set_title(_label(v))
         ax.grid(alpha=0.3)
-        ax.set_xlabel("epoch")
+    for ax in axes:
+        if ax.xaxis.get_tick_params()["labelbottom"]:
+            ax.set_xlabel("epoch")
     axes[0].set_ylabel("accuracy")
     axes[0].legend(loc="lower right", frameon=False, fontsize="small")
     return fig
@@ -161,8 +166,9 @@ def fig_final_distribution(per_seed: pd.DataFrame, variants, colors=None,
         for p, v, x in zip(pos, variants, vals):
             ax.scatter(p + rng.uniform(-0.18, 0.18, x.size), x, s=16, color=colors[v],
                        edgecolors="black", linewidths=0.3, zorder=3)
-        ax.set_xticks(pos, [_label(v) for v in variants], rotation=30 if len(variants) > 3 else 0, ha="right"
-                      if len(variants) > 3 else "center")
+        tilt = len(variants) > 3
+        ax.set_xticks(pos, [_label(v) for v in variants], rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                      rotation_mode="anchor")
         ax.set_title(metric.replace("_", " "))
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("accuracy")
@@ -176,7 +182,7 @@ def fig_decision_boundaries(boundaries: dict, data: dict, variants) -> Figure:
     ``(grid_x[j], grid_y[i])``; variants without a boundary are skipped.
     """
     shown = [v for v in variants if v in boundaries]
-    fig, axes = _grid(max(1, len(shown)), w=3.4, h=3.4, sharex=True, sharey=True)
+    fig, axes = _grid(max(1, len(shown)), w=3.4, h=3.0, sharex=True, sharey=True)
     image = None
     for ax, v in zip(axes, shown):
         gx, gy, prob, n = boundaries[v]
@@ -191,6 +197,75 @@ def fig_decision_boundaries(boundaries: dict, data: dict, variants) -> Figure:
         fig.colorbar(image, ax=list(axes), shrink=0.8, label="P(class 1)")
     else:
         axes[0].text(0.5, 0.5, "no boundary data", ha="center", va="center", transform=axes[0].transAxes)
+    return fig
+
+
+#: the metrics a grid figure shows by default, one panel each
+GRID_METRICS = ("final_test_acc", "peak_test_acc")
+
+
+def grid_xscale(values, ratio: float = 50.0) -> tuple[str, float | None]:
+    """``("symlog", linthresh)`` when the nonzero ``|values|`` span ``ratio`` or more (0, 0.005 ... 1.0),
+    else ``("linear", None)``; ``linthresh`` is the smallest nonzero ``|value|`` (so 0 sits one step
+    below it)."""
+    x = np.abs(np.asarray(list(values), dtype=float))
+    pos = x[np.isfinite(x) & (x > 0)]
+    if pos.size >= 2 and pos.max() / pos.min() >= ratio:
+        return "symlog", float(pos.min())
+    return "linear", None
+
+
+def fig_grid(points: pd.DataFrame, xlabel: str = "value", metrics=GRID_METRICS, color: str = OKABE_ITO[1],
+             baseline_color: str = OKABE_ITO[0], best=None) -> Figure:
+    """A one-parameter grid: each metric's mean with its 95% CI against the grid value, one panel per metric.
+
+    ``points`` is tidy, one row per (variant, metric): ``role`` (``"grid"`` or ``"baseline"``),
+    ``variant``, ``value`` (the grid value; NaN for the baseline), ``metric``, ``mean``,
+    ``ci_low``, ``ci_high`` (NaN when undefined). Grid rows are drawn as a line with CI error bars
+    in ``color`` (the base variant's colour); the baseline as a horizontal band (its CI) and a dashed
+    line (its mean) in ``baseline_color``. The x axis is symlog when the values span orders of
+    magnitude (:func:`grid_xscale`), ticked at the grid values. ``best`` (a grid value) is marked.
+    """
+    fig = Figure(figsize=(10, 4.2), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True, squeeze=False)).ravel()
+    kind = points["role"].astype(str)
+    grid = points[kind == "grid"]
+    values = sorted(set(pd.to_numeric(grid["value"], errors="coerce").dropna()))
+    scale, linthresh = grid_xscale(values)
+    for ax, metric in zip(axes, metrics):
+        g = grid[grid["metric"] == metric].copy()
+        g["value"] = pd.to_numeric(g["value"], errors="coerce")
+        g = g.dropna(subset=["value"]).sort_values("value")
+        for _, b in points[(kind == "baseline") & (points["metric"] == metric)].iterrows():
+            if np.isfinite(b["ci_low"]) and np.isfinite(b["ci_high"]):
+                ax.axhspan(b["ci_low"], b["ci_high"], color=baseline_color, alpha=0.15, lw=0,
+                           label=_label(f"{b['variant']} (baseline): 95% CI"))
+            if np.isfinite(b["mean"]):
+                ax.axhline(b["mean"], color=baseline_color, lw=1.2, ls="--", label=_label(f"{b['variant']} (baseline): mean"))
+        x, m = g["value"].to_numpy(float), g["mean"].to_numpy(float)
+        lo, hi = g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float)
+        err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
+        ok = np.isfinite(m)
+        ax.errorbar(x[ok], m[ok], yerr=err[:, ok], color=color, marker="o", ms=5, lw=1.5, capsize=3,
+                    label="grid: mean ± 95% CI", zorder=3)
+        if best is not None and metric == metrics[0]:
+            sel = np.isclose(x, float(best)) & ok
+            ax.scatter(x[sel], m[sel], s=160, facecolors="none", edgecolors="black", linewidths=1.4, zorder=4,
+                       label=f"best value ({float(best):g})")
+        if scale == "symlog":
+            ax.set_xscale("symlog", linthresh=linthresh, linscale=0.6)
+            ax.xaxis.set_minor_locator(NullLocator())
+        if values and len(values) <= 12:
+            ax.set_xticks(values, [f"{v:g}" for v in values], rotation=45 if len(values) > 7 else 0)
+        ax.set_title(metric.replace("_", " "))
+        ax.set_xlabel(_label(xlabel))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    handles, labels = axes[0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: "(baseline)" in labels[k])  # grid entries first
+    handles, labels = [handles[k] for k in order], [labels[k] for k in order]
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(handles), 4), frameon=False)
     return fig
 
 

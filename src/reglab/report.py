@@ -2,7 +2,7 @@
 
 ``render_report(config, results_dir, out_html, provenance)`` reads
 ``results_dir/aggregate/{study}/{summary,per_seed,curves,runtime}.csv``,
-``results_dir/datasets/{dataset}.npz``, ``results_dir/runs/{study}/{variant}/chunk*/``
+``results_dir/datasets/{dataset}.npz``, ``results_dir/runs/{study}/{pack}/chunk*/{variant}/``
 (``boundary.npz``, ``meta.json``), the published YAML named by ``config["published"]`` (relative
 to the CWD; its section is skipped when absent) and checks ``config["claims"]``. Figures are
 inlined as PNG ``data:`` URIs and the CSS is inlined, so the page loads nothing from outside.
@@ -26,10 +26,14 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from . import plots
 from .aggregate import ResultsError
-from .stats import check_claim, compare_published
+from .stats import check_claim, compare_published, mean_ci, metric_values
 
 AGGREGATES = ("summary", "per_seed", "curves", "runtime")
+METRIC_DIGITS = {"epochs_to_80": 1, "peak_epoch": 1, "test_acc_volatility": 4}
 DASH = "\u2013"
+#: third-party variant names (published.yaml ``third_party.{study}``) -> ours in ``{study}_ext``
+THIRD_PARTY_ALIASES = {"bn_no_beta_gamma": "bn_no_affine", "bn_input_and_after": "bn_input"}
+THIRD_PARTY_SOURCE = "third party, mean of 3 runs"
 
 
 # --------------------------------------------------------------------------- formatting
@@ -38,14 +42,14 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def fmt(x, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; NaN/None as a dash, inf as 'never'."""
+def fmt(x, digits: int = 3, inf: str = "\u221e") -> str:
+    """A number with ``digits`` decimals; NaN/None as a dash, +inf as ``inf`` (e.g. 'never')."""
     if _missing(x):
         return DASH
     x = float(x)
     if math.isinf(x):
-        return "never" if x > 0 else "-inf"
-    return f"{x:.{digits}f}".replace("-", "\u2212")
+        return inf if x > 0 else "\u2212\u221e"
+    return f"{round(x, digits) + 0.0:.{digits}f}".replace("-", "\u2212")
 
 
 def fmt_pm(mean, std, digits: int = 3) -> str:
@@ -71,10 +75,10 @@ def fmt_time(seconds) -> str:
 
 
 def fmt_p(p) -> str:
-    """A p-value with 2 significant digits, '< 0.001' below that."""
+    """'p = 0.012' with 2 significant digits, 'p < 0.001' below that."""
     if _missing(p):
-        return DASH
-    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+        return f"p = {DASH}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
 def slug(text: str, prefix: str) -> str:
@@ -103,10 +107,10 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def _chunk_dirs(variant_dir: Path) -> list[Path]:
-    """chunk* directories in numeric order."""
-    dirs = [d for d in variant_dir.glob("chunk*") if d.is_dir()]
-    return sorted(dirs, key=lambda d: int(re.sub(r"\D", "", d.name) or 0))
+def _run_dirs(runs_dir: Path, variant: str) -> list[Path]:
+    """A variant's run directories (``{pack}/chunk*/{variant}``), in chunk order."""
+    dirs = [d for d in runs_dir.glob(f"*/chunk*/{variant}") if d.is_dir()]
+    return sorted(dirs, key=lambda d: int(re.sub(r"\D", "", d.parent.name) or 0))
 
 
 def load_boundaries(runs_dir: Path, variants) -> dict:
@@ -114,7 +118,7 @@ def load_boundaries(runs_dir: Path, variants) -> dict:
     out = {}
     for v in variants:
         probs, grid = [], None
-        for d in _chunk_dirs(runs_dir / v):
+        for d in _run_dirs(runs_dir, v):
             if (d / "boundary.npz").is_file():
                 b = load_npz(d / "boundary.npz")
                 grid = grid or (b["grid_x"], b["grid_y"])
@@ -130,7 +134,7 @@ def load_metas(runs_dir: Path, variants) -> list[dict]:
     """Every job's meta.json of a study (unreadable ones skipped)."""
     metas = []
     for v in variants:
-        for d in _chunk_dirs(runs_dir / v):
+        for d in _run_dirs(runs_dir, v):
             try:
                 metas.append(json.loads((d / "meta.json").read_text()))
             except (OSError, json.JSONDecodeError):
@@ -182,20 +186,62 @@ def summary_table(summary: pd.DataFrame) -> dict:
     return {"headers": headers, "rows": rows}
 
 
-def published_table(df: pd.DataFrame) -> dict:
-    """Headers and rows of the published-vs-ours table (last cell: within range?)."""
-    headers = ["Variant", "Split", "Published (1 run)", "Ours mean ± std", "Ours min\u2013max", "n",
+def published_table(df: pd.DataFrame, third_party: pd.DataFrame | None = None,
+                    third_party_names: dict | None = None) -> dict:
+    """Headers, rows and row classes of the published-vs-ours table (last cell: within range?).
+
+    ``df`` and ``third_party`` are :func:`reglab.stats.compare_published` frames; third-party rows
+    come last, marked with the class ``third-party`` and their source (``third_party_names`` maps
+    our variant to the third party's name for it, when they differ).
+    """
+    headers = ["Variant", "Split", "Source", "Published", "Ours mean ± std", "Ours min\u2013max", "n",
                "Ours \u2212 published", "Published within our range"]
-    rows = [[r["variant"], r["split"], fmt(r["published"]), fmt_pm(r["mean"], r["std"]),
-             fmt_range(r["min"], r["max"]), str(int(r["n"])), fmt(r["delta"]), bool(r["within_range"])]
-            for _, r in df.iterrows()]
-    return {"headers": headers, "rows": rows}
+    rows, classes = [], []
+    for frame, third in ((df, False), (third_party, True)):
+        if frame is None:
+            continue
+        for _, r in frame.iterrows():
+            source = "published, 1 run"
+            if third:
+                theirs = (third_party_names or {}).get(r["variant"], r["variant"])
+                source = THIRD_PARTY_SOURCE + (f" (their {theirs})" if theirs != r["variant"] else "")
+            rows.append([r["variant"], r["split"], source, fmt(r["published"]), fmt_pm(r["mean"], r["std"]),
+                         fmt_range(r["min"], r["max"]), str(int(r["n"])), fmt(r["delta"]), bool(r["within_range"])])
+            classes.append("third-party" if third else "")
+    return {"headers": headers, "rows": rows, "row_classes": classes}
+
+
+def third_party_note(third: dict, compared: pd.DataFrame | None) -> str:
+    """The published table's note on its third-party rows ('' when there are none)."""
+    if compared is None or not len(compared):
+        return ""
+    shown = set(compared["variant"])
+    renamed = [f"their {e['name']} is our {v}" for v, e in third.items() if v in shown and e["name"] != v]
+    return ("Rows with source \u201cthird party\u201d are someone else's runs of the seed's extensions "
+            "(mean of 3 runs), shown for reference only" + (f"; {', '.join(renamed)}" if renamed else "") + ".")
+
+
+def third_party_published(published: dict | None, study: str) -> dict[str, dict]:
+    """Our variant -> {train, test} of published.yaml's ``third_party.{key}`` for study ``{key}_ext``.
+
+    Third-party variant names are mapped to ours with :data:`THIRD_PARTY_ALIASES`; the third
+    party's own name is kept under ``"name"``.
+    """
+    sections = (published or {}).get("third_party")
+    if not isinstance(sections, dict):
+        return {}
+    for key, entries in sections.items():
+        if f"{key}_ext" == study and isinstance(entries, dict):
+            return {THIRD_PARTY_ALIASES.get(str(v), str(v)): {**e, "name": str(v)}
+                    for v, e in entries.items() if isinstance(e, dict)}
+    return {}
 
 
 def _group_text(res: dict, suffix: str, name: str) -> str:
     """'variant: median …, mean ± std, n, never' for one side of a claim."""
-    text = (f"{name}: median {fmt(res[f'median_{suffix}'])}, mean {fmt_pm(res[f'mean_{suffix}'], res[f'std_{suffix}'])}, "
-            f"n = {res[f'n_{suffix}']}")
+    d = METRIC_DIGITS.get(res["metric"], 3)
+    text = (f"{name}: median {fmt(res[f'median_{suffix}'], d, inf='never')}, "
+            f"mean {fmt_pm(res[f'mean_{suffix}'], res[f'std_{suffix}'], d)}, n = {res[f'n_{suffix}']}")
     return text + (f", never {res[f'never_{suffix}']}" if res["metric"] == "epochs_to_80" else "")
 
 
@@ -210,17 +256,18 @@ def claim_view(res: dict) -> dict:
         groups = [_group_text(res, "a", res["variant"])]
     test = effect = secondary = ""
     if res.get("test"):
-        test = (f"{res['test']}: statistic {fmt(res['statistic'], 2)}, p = {fmt_p(res['p_value'])} "
-                f"(opposite direction p = {fmt_p(res['p_value_opposite'])}), \u03b1 = {res['alpha']:g}")
+        test = (f"{res['test']}: statistic {fmt(res['statistic'], 2)}, {fmt_p(res['p_value'])} "
+                f"(opposite direction {fmt_p(res['p_value_opposite'])}), \u03b1 = {res['alpha']:g}")
         effect = f"{res['effect_size_name']} = {fmt(res['effect_size'], 2)}"
         if "hedges_g" in res:
             effect += f"; Hedges' g = {fmt(res['hedges_g'], 2)}"
         elif "cohens_d" in res:
             effect += f"; Cohen's d = {fmt(res['cohens_d'], 2)}"
-        secondary = f"{res['secondary_test']}: t = {fmt(res['secondary_statistic'], 2)}, p = {fmt_p(res['secondary_p_value'])}"
+        secondary = f"{res['secondary_test']}: t = {fmt(res['secondary_statistic'], 2)}, {fmt_p(res['secondary_p_value'])}"
     return {**res, "anchor": slug(res["id"], "claim"), "hypothesis": hyp, "groups": groups,
             "test_text": test, "effect_text": effect, "secondary_text": secondary,
-            "p_text": fmt_p(res["p_value"]), "effect_short": fmt(res["effect_size"], 2)}
+            "p_text": fmt_p(res["p_value"]), "p_opposite_text": fmt_p(res["p_value_opposite"]),
+            "effect_short": fmt(res["effect_size"], 2)}
 
 
 def _value_view(value):
@@ -260,6 +307,183 @@ def jobs_table(metas: list[dict]) -> dict:
     return {"headers": headers, "rows": rows}
 
 
+def _variant_layers_training(study: dict, name: str) -> tuple[list, dict]:
+    """A variant's layers and its training overrides (validated list form or raw {layers, training})."""
+    variant = study["variants"].get(name, [])
+    if isinstance(variant, dict):
+        return variant.get("layers", []), variant.get("training") or {}
+    return variant, (study.get("variant_training") or {}).get(name) or {}
+
+
+def training_text(overrides: dict) -> str:
+    """Training overrides as 'label_flip=0.1, gradient_noise(eta=0.01, gamma=0.55)'."""
+    parts = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            parts.append(f"{key}({', '.join(f'{k}={v}' for k, v in value.items())})")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def _fmt_value(value) -> str:
+    """A grid value as written ('0.005', '1', '0.5')."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def grid_variant_names(grid: dict) -> list[str]:
+    """The grid's variant names in the order of its values (``variants`` after validation)."""
+    if grid.get("variants"):
+        return list(grid["variants"])
+    template = grid.get("name", "{id}_{value}").replace("{id}", str(grid["id"]))
+    return [template.replace("{value}", str(v)) for v in grid["values"]]
+
+
+def grid_points(per_seed: pd.DataFrame, grid: dict, metrics=plots.GRID_METRICS, level: float = 0.95) -> pd.DataFrame:
+    """Tidy per-(variant, metric) mean and ``level`` t-interval over seeds for a grid and its baseline.
+
+    Columns ``role`` ("grid" / "baseline"), ``variant``, ``value`` (NaN for the baseline),
+    ``metric``, ``n``, ``mean``, ``ci_low``, ``ci_high``; a grid point without results has n = 0
+    and NaN statistics. Grid rows keep the order of ``grid["values"]`` (duplicates dropped).
+    """
+    entries = [("grid", v, float(x)) for v, x in dict(zip(grid_variant_names(grid), grid["values"])).items()]
+    if grid.get("baseline"):
+        entries.append(("baseline", grid["baseline"], math.nan))
+    rows = []
+    for role, variant, value in entries:
+        for metric in metrics:
+            x = metric_values(per_seed, None, variant, metric) if metric in per_seed.columns else np.array([])
+            x = x[np.isfinite(x)]
+            mean, lo, hi = mean_ci(x, level)
+            rows.append({"role": role, "variant": variant, "value": value, "metric": metric, "n": int(x.size),
+                         "mean": mean, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["role", "variant", "value", "metric", "n", "mean", "ci_low", "ci_high"])
+
+
+def ci_overlap(a: tuple, b: tuple) -> bool | None:
+    """Whether intervals ``a = (lo, hi)`` and ``b`` overlap; None when either is undefined."""
+    if any(_missing(x) for x in (*a, *b)):
+        return None
+    return bool(a[0] <= b[1] and b[0] <= a[1])
+
+
+def best_grid_point(points: pd.DataFrame, metric: str = "final_test_acc") -> dict | None:
+    """The grid point with the highest mean ``metric`` (the first in value order on ties), or None.
+
+    Returns {variant, value, n, mean, ci_low, ci_high, ties (other values with the same mean),
+    baseline (its row as a dict, or None), overlap (CI overlap with the baseline's, None when
+    undefined), side ("higher"/"lower" than the baseline when they do not overlap)}.
+    """
+    rows = points[(points["role"] == "grid") & (points["metric"] == metric)]
+    rows = rows[np.isfinite(rows["mean"].to_numpy(float))]
+    if rows.empty:
+        return None
+    top = rows["mean"].max()
+    tied = rows[np.isclose(rows["mean"].to_numpy(float), top, rtol=0, atol=1e-12)]
+    best = tied.iloc[0].to_dict()
+    base = points[(points["role"] == "baseline") & (points["metric"] == metric)]
+    baseline = base.iloc[0].to_dict() if len(base) else None
+    overlap = side = None
+    if baseline is not None:
+        overlap = ci_overlap((best["ci_low"], best["ci_high"]), (baseline["ci_low"], baseline["ci_high"]))
+        if overlap is False:
+            side = "higher" if best["mean"] > baseline["mean"] else "lower"
+    return {**{k: best[k] for k in ("variant", "value", "n", "mean", "ci_low", "ci_high")},
+            "ties": [v for v in tied["value"].iloc[1:]], "baseline": baseline, "overlap": overlap, "side": side}
+
+
+def _grid_axis_label(study: dict, grid: dict) -> str:
+    """'stddev (layer 0, gaussian_noise)' or 'training label_flip'."""
+    if "layer" not in grid:
+        return f"training {grid['param']}"
+    layers, _ = _variant_layers_training(study, grid["base"])
+    kind = next(iter(layers[grid["layer"]]), "?") if grid["layer"] < len(layers) else "?"
+    return f"{grid['param']} (layer {grid['layer']}, {kind})"
+
+
+def _ci_text(mean, lo, hi, n) -> str:
+    """'0.812 (95% CI 0.801–0.823, n = 10)'."""
+    ci = f"95% CI {fmt_range(lo, hi)}, " if not _missing(lo) else ""
+    return f"{fmt(mean)} ({ci}n = {n})"
+
+
+def grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame, colors: dict) -> dict:
+    """Everything the template shows for one grid: figure, best-value sentence and table."""
+    points = grid_points(per_seed, grid)
+    best = best_grid_point(points)
+    param = grid["param"].split(".")[-1]
+    title = grid.get("title") or grid["id"]
+    baseline = grid.get("baseline")
+    xlabel = _grid_axis_label(study, grid)
+    base_color = colors.get(grid["base"], plots.OKABE_ITO[1])
+    band_color = colors.get(baseline, plots.OKABE_ITO[0])
+    if band_color == base_color:
+        band_color = next(c for c in plots.OKABE_ITO if c != base_color)
+    fig = plots.fig_grid(points, xlabel, color=base_color, baseline_color=band_color,
+                         best=None if best is None else best["value"])
+    scale, linthresh = plots.grid_xscale(grid["values"])
+    values = ", ".join(_fmt_value(v) for v in grid["values"])
+    caption = (f"Mean final (left) and peak (right) test accuracy over seeds with 95% t-intervals, for each "
+               f"{param} of the grid; base variant {grid['base']}")
+    caption += f"; band: 95% CI of the baseline ({baseline}), dashed line: its mean" if baseline else ""
+    caption += "; ring: best value" if best else ""
+    caption += (f". Symmetric-log x axis (linear below {linthresh:g})." if scale == "symlog" else ".")
+    alt = (f"Grid {title} of study {name}: mean final and peak test accuracy with 95% confidence intervals "
+           f"against {param} ({values})" + (f", with the baseline ({baseline}) as a horizontal band." if baseline else "."))
+    headers = ["Point", "Variant", param, "n", "Final test acc", "95% CI", "Peak test acc", "95% CI (peak)",
+               "CI overlaps baseline"]
+    rows, sentence = [], "No grid point has results yet."
+
+    def row(label, variant, value, overlap_text):
+        r = {m: points[(points["variant"] == variant) & (points["metric"] == m)].iloc[0] for m in plots.GRID_METRICS}
+        f, p = r["final_test_acc"], r["peak_test_acc"]
+        return [label, variant, value, str(int(f["n"])), fmt(f["mean"]), fmt_range(f["ci_low"], f["ci_high"]),
+                fmt(p["mean"]), fmt_range(p["ci_low"], p["ci_high"]), overlap_text]
+
+    if best is not None:
+        ties = f" (tied with {', '.join(_fmt_value(v) for v in best['ties'])})" if best["ties"] else ""
+        sentence = (f"Best {param}: {_fmt_value(best['value'])}{ties} (variant {best['variant']}), mean final test "
+                    f"accuracy {_ci_text(best['mean'], best['ci_low'], best['ci_high'], best['n'])}.")
+        b = best["baseline"]
+        if b is None:
+            overlap_text = DASH
+            sentence += " No baseline is configured for this grid."
+        else:
+            sentence += f" Baseline ({baseline}): {_ci_text(b['mean'], b['ci_low'], b['ci_high'], b['n'])}."
+            if best["overlap"] is None:
+                overlap_text = "undefined"
+                sentence += " Whether the intervals overlap cannot be judged (an interval is undefined)."
+            elif best["overlap"]:
+                overlap_text = "yes"
+                sentence += " The intervals overlap: the best value is not clearly different from the baseline."
+            else:
+                overlap_text = f"no ({best['side']})"
+                sentence += f" The intervals do not overlap: the best value is {best['side']} than the baseline."
+        rows.append(row("Best value", best["variant"], _fmt_value(best["value"]), overlap_text))
+        if b is not None:
+            rows.append(row("Baseline", baseline, DASH, DASH))
+    return {
+        "id": slug(f"{i}-{name}-{grid['id']}", "grid"), "grid_id": grid["id"], "title": title, "param": param,
+        "base": grid["base"], "baseline": baseline, "values_text": values, "best": best, "sentence": sentence,
+        "figure": {"src": plots.fig_to_data_uri(fig), "alt": alt, "caption": caption},
+        "table": {"headers": headers, "rows": rows},
+    }
+
+
+def variants_view(study: dict, order: list) -> list[dict]:
+    """The study's variants: name, layers as text, training overrides as text, and the grids it is a point of."""
+    in_grids = {}
+    for grid in study.get("grids") or []:
+        for v, value in zip(grid_variant_names(grid), grid["values"]):
+            in_grids.setdefault(v, []).append(f"{grid['id']}: {grid['param']} = {_fmt_value(value)}")
+    out = []
+    for v in order:
+        layers, training = _variant_layers_training(study, v)
+        out.append({"name": v, "layers": " \u2192 ".join(layer_text(layer) for layer in layers),
+                    "training": training_text(training), "grids": in_grids.get(v, [])})
+    return out
+
+
 def study_figures(name: str, study: dict, agg: dict, data: dict, boundaries: dict, variants: list) -> list[dict]:
     """The study's five figures as {src, alt, caption}."""
     colors = plots.variant_colors(variants)
@@ -292,15 +516,21 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
     data = load_npz(results_dir / "datasets" / f"{study['dataset']}.npz")
     runs = results_dir / "runs" / name
     pub = compare_published(published, agg["summary"], agg["per_seed"]) if published else None
+    third = third_party_published(published, name)
+    tp = compare_published({"studies": {name: third}}, agg["summary"], agg["per_seed"]) if third else None
     training = study.get("training", {})
+    colors = plots.variant_colors(order)
     return {
         "name": name, "id": slug(f"{i}-{name}", "study"), "title": study.get("title") or name,
         "dataset": study["dataset"], "seeds": study.get("seeds"), "training": training,
         "optimizer": ", ".join(f"{k}={v}" for k, v in (training.get("optimizer") or {}).items()),
-        "variants": [(v, " \u2192 ".join(layer_text(layer) for layer in study["variants"].get(v, []))) for v in order],
+        "variants": variants_view(study, order),
         "figures": study_figures(name, study, agg, data, load_boundaries(runs, order), order),
+        "grids": [grid_view(i, name, study, g, agg["per_seed"], colors) for g in study.get("grids") or []],
         "summary": summary_table(agg["summary"]),
-        "published": published_table(pub) if pub is not None and len(pub) else None,
+        "published": (published_table(pub, tp, {v: e["name"] for v, e in third.items()})
+                      if (pub is not None and len(pub)) or (tp is not None and len(tp)) else None),
+        "third_party_note": third_party_note(third, tp),
         "claims": [c for c in claims if c["study"] == name],
         "metas": load_metas(runs, order),
     }
@@ -342,6 +572,7 @@ def _write_text_atomic(text: str, path: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 rule aggregate:
     input:
-        metas=study_run_metas,
+        study_pack_dirs,
     output:
         summary="results/aggregate/{study}/summary.csv",
         per_seed="results/aggregate/{study}/per_seed.csv",

@@ -14,7 +14,7 @@ rule report:
     conda:
         "../envs/reglab.yaml"
     params:
-        config=config_json(),
+        config=report_config_json,
         config_hash=spec_hash(config),
         run_info=RUN_INFO,
     shell:

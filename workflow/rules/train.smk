@@ -2,14 +2,11 @@ rule train:
     input:
         dataset=train_dataset,
     output:
-        history="results/runs/{study}/{variant}/chunk{chunk}/history.csv",
-        final="results/runs/{study}/{variant}/chunk{chunk}/final.csv",
-        boundary="results/runs/{study}/{variant}/chunk{chunk}/boundary.npz",
-        meta="results/runs/{study}/{variant}/chunk{chunk}/meta.json",
+        directory("results/runs/{study}/{pack}/chunk{chunk}"),
     log:
-        "logs/train/{study}/{variant}/chunk{chunk}.log",
+        "logs/train/{study}/{pack}/chunk{chunk}.log",
     benchmark:
-        "benchmarks/train/{study}/{variant}/chunk{chunk}.tsv"
+        "benchmarks/train/{study}/{pack}/chunk{chunk}.tsv"
     conda:
         "../envs/reglab.yaml"
     threads: config["threads"]
@@ -19,9 +16,8 @@ rule train:
     params:
         spec=train_spec_json,
         seeds=train_seeds,
-        outdir=train_outdir,
         accelerator=config["accelerator"],
     shell:
         "python -m reglab train --spec {params.spec:q} --dataset {input.dataset:q}"
         " --seeds {params.seeds} --chunk {wildcards.chunk} --threads {threads}"
-        " --accelerator {params.accelerator:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+        " --accelerator {params.accelerator:q} --outdir {output:q} > {log:q} 2>&1"

@@ -1,0 +1,154 @@
+"""Figures: consistent colours, downsampling, each figure kind renders to a PNG data URI."""
+
+import base64
+
+import matplotlib.colors
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from reglab import plots
+
+
+def curves_frame(variants, n_epochs):
+    """A wide curves table like curves.csv."""
+    rows = []
+    for i, v in enumerate(variants):
+        e = np.arange(1, n_epochs + 1)
+        acc = 0.5 + 0.3 * (1 - np.exp(-e / (10 + i)))
+        frame = {"variant": v, "epoch": e, "n": 5}
+        for m in ("train_acc", "test_acc", "train_loss", "test_loss"):
+            frame |= {f"{m}_mean": acc if "acc" in m else 1 - acc, f"{m}_std": np.full(e.size, 0.02), f"{m}_n": 5}
+        rows.append(pd.DataFrame(frame))
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.normal(size=(30, 2)), "y_train": (np.arange(30) % 2).astype(np.float32),
+            "x_test": rng.normal(size=(70, 2)), "y_test": (np.arange(70) % 2).astype(np.float32)}
+
+
+def png_bytes(uri):
+    assert uri.startswith("data:image/png;base64,")
+    raw = base64.b64decode(uri.split(",", 1)[1])
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 1000
+    return raw
+
+
+def test_variant_colors_are_okabe_ito_and_stable():
+    a = plots.variant_colors(["overfit", "dropout_0.4"])
+    b = plots.variant_colors(["overfit", "input_0.01", "hidden_pre_0.1"])
+    assert a["overfit"] == b["overfit"] == plots.OKABE_ITO[0]
+    assert set(a.values()) <= set(plots.OKABE_ITO)
+    many = plots.variant_colors([f"v{i}" for i in range(9)])
+    assert len(set(list(many.values())[:8])) == 8 and many["v8"] == many["v0"]
+
+
+def test_downsample_index_keeps_ends():
+    idx = plots.downsample_index(4000, 400)
+    assert len(idx) <= 400 and idx[0] == 0 and idx[-1] == 3999 and np.all(np.diff(idx) > 0)
+    assert list(plots.downsample_index(5, 400)) == [0, 1, 2, 3, 4]
+
+
+def test_learning_curves_downsample_long_runs():
+    variants = ["a", "b"]
+    fig = plots.fig_learning_curves(curves_frame(variants, 4000), variants, max_points=300)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2 and all(len(line.get_xdata()) <= 300 for line in lines)
+    assert lines[0].get_color() == plots.variant_colors(variants)["a"]
+    png_bytes(plots.fig_to_data_uri(fig))
+    assert not fig.axes  # closed (cleared) after conversion
+
+
+def test_every_figure_kind_renders(data):
+    variants = ["overfit", "dropout_0.4", "$weird_"]
+    curves = curves_frame(variants, 30)
+    per_seed = pd.DataFrame({"variant": np.repeat(variants, 5), "final_test_acc": np.linspace(0.7, 0.85, 15),
+                             "final_train_acc": np.linspace(0.9, 1.0, 15)})
+    g = np.linspace(-1.5, 1.5, 20)
+    prob = 1 / (1 + np.exp(-8 * (0.75 - np.hypot(*np.meshgrid(g, g)))))
+    boundaries = {"overfit": (g, g, prob, 5), "dropout_0.4": (g, g, prob, 5)}  # third variant has none
+    figs = [plots.fig_dataset(data), plots.fig_learning_curves(curves, variants),
+            plots.fig_small_multiples(curves, variants), plots.fig_final_distribution(per_seed, variants),
+            plots.fig_decision_boundaries(boundaries, data, variants)]
+    for fig in figs:
+        assert isinstance(fig, Figure)
+        png_bytes(plots.fig_to_data_uri(fig))
+
+
+def test_small_multiples_one_panel_per_variant():
+    variants = ["a", "b", "c", "d"]
+    fig = plots.fig_small_multiples(curves_frame(variants, 10), variants)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == variants
+
+
+def test_decision_boundaries_without_data_still_render(data):
+    png_bytes(plots.fig_to_data_uri(plots.fig_decision_boundaries({}, data, ["a"])))
+
+
+def grid_frame(values, means, baseline=(0.75, 0.73, 0.77), metrics=plots.GRID_METRICS):
+    """A tidy grid table like report.grid_points: grid rows per value and metric, plus a baseline."""
+    rows = []
+    for metric in metrics:
+        for i, (v, m) in enumerate(zip(values, means)):
+            rows.append({"role": "grid", "variant": f"g_{v}", "value": v, "metric": metric, "n": 5,
+                         "mean": m, "ci_low": m - 0.02, "ci_high": m + 0.02})
+        if baseline is not None:
+            rows.append({"role": "baseline", "variant": "overfit", "value": np.nan, "metric": metric, "n": 5,
+                         "mean": baseline[0], "ci_low": baseline[1], "ci_high": baseline[2]})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("values", "scale"), [
+    ([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0], "symlog"),
+    ([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "linear"),
+    ([0.001, 0.01, 0.1], "symlog"),
+    ([0.5], "linear"),
+    ([0.0], "linear"),
+])
+def test_grid_xscale(values, scale):
+    got, linthresh = plots.grid_xscale(values)
+    assert got == scale
+    assert (linthresh == min(v for v in values if v > 0)) if scale == "symlog" else linthresh is None
+
+
+def test_fig_grid_draws_curve_band_and_best():
+    values = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    means = [0.75, 0.76, 0.77, 0.79, 0.80, 0.82, 0.81, 0.78, 0.70]
+    fig = plots.fig_grid(grid_frame(values, means), "stddev", color=plots.OKABE_ITO[2],
+                         baseline_color=plots.OKABE_ITO[0], best=0.1)
+    assert isinstance(fig, Figure)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["final test acc", "peak test acc"]
+    for ax in axes:
+        assert ax.get_xscale() == "symlog" and ax.get_xlabel() == "stddev"
+        assert list(ax.get_xticks()) == values
+        curve = [c.lines[0] for c in ax.containers]  # errorbar: the data line (caps and bars aside)
+        assert len(curve) == 1 and curve[0].get_color() == plots.OKABE_ITO[2]
+        assert list(curve[0].get_xdata()) == values and list(curve[0].get_ydata()) == means
+        band = [p for p in ax.patches if p.get_facecolor()[:3] == matplotlib.colors.to_rgb(plots.OKABE_ITO[0])]
+        assert len(band) == 1  # the baseline's CI as a horizontal band
+        ys = band[0].get_patch_transform().transform(band[0].get_path().vertices)[:, 1]
+        assert np.isclose(ys.min(), 0.73) and np.isclose(ys.max(), 0.77)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "best value (0.1)" in texts and any("overfit (baseline)" in t for t in texts)
+    png_bytes(plots.fig_to_data_uri(fig))
+
+
+def test_fig_grid_linear_axis_missing_points_and_no_baseline():
+    values = [0.0, 0.1, 0.2, 0.3]
+    means = [0.7, np.nan, 0.8, 0.75]  # a grid point without results yet
+    frame = grid_frame(values, means, baseline=None)
+    frame.loc[frame["value"] == 0.3, ["ci_low", "ci_high"]] = np.nan  # a single seed: no interval
+    fig = plots.fig_grid(frame, "rate")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear"
+    curve = [c.lines[0] for c in ax.containers]
+    assert len(curve) == 1 and list(curve[0].get_xdata()) == [0.0, 0.2, 0.3]
+    assert not ax.patches
+    png_bytes(plots.fig_to_data_uri(fig))

@@ -1,0 +1,292 @@
+"""The report renders from the synthetic tree: every section, table and figure; self-contained; escaped."""
+
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from reglab.aggregate import ResultsError
+from reglab.report import best_grid_point, grid_points, load_boundaries, load_metas, render_report
+
+PROVENANCE = {"command": "snakemake -c4", "date": "2026-01-01", "wall time": "12 s",
+              "git": {"commit": "abc123", "dirty": True}, "config hash": "feedbeef", "versions": {"torch": "2.13.0"},
+              "cpu": "Test CPU", "cores": 16, "threads per training job": 1}
+
+
+class Collector(HTMLParser):
+    """Collects tags with their attributes and the section each is in (``grid_of``: the grid block
+    each tag is in, parallel to ``tags``; ``text``: the text inside each grid block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.section, self.grid_of, self.divs, self.text = [], None, [], [], {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.section = attrs.get("id")
+        if tag == "div":
+            self.divs.append(attrs.get("id") if attrs.get("class") == "grid-block" else None)
+        self.tags.append((tag, attrs, self.section))
+        self.grid_of.append(self.grid)
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self.divs:
+            self.divs.pop()
+
+    def handle_data(self, data):
+        if self.grid:
+            self.text[self.grid] = self.text.get(self.grid, "") + data + " "
+
+    @property
+    def grid(self):
+        return next((d for d in reversed(self.divs) if d), None)
+
+
+@pytest.fixture(scope="module")
+def rendered(make_synthetic_results, tmp_path_factory):
+    """(html, parsed tags, SyntheticResults) of the default synthetic report, rendered once per module."""
+    syn = make_synthetic_results(tmp_path_factory.mktemp("report"))
+    syn.aggregate()
+    out = syn.root / "report" / "index.html"
+    render_report(syn.config, syn.results_dir, out, provenance=PROVENANCE)
+    html = out.read_text()
+    parser = Collector()
+    parser.feed(html)
+    return html, parser.tags, syn
+
+
+def test_report_has_every_section(rendered):
+    html, tags, syn = rendered
+    sections = [a["id"] for t, a, _ in tags if t == "section"]
+    assert sections[0] == "claims" and sections[-1] == "provenance"
+    study_sections = sections[1:-1]
+    assert len(study_sections) == len(syn.config["studies"]) == 2
+    toc = [a["href"] for t, a, s in tags if t == "a" and s is None and a.get("href", "").startswith("#")]
+    assert toc == [f"#{s}" for s in sections]
+    for study in syn.config["studies"].values():
+        assert study["title"] in html
+    for heading in ("Claims overview", "Summary over seeds", "Published single runs vs our seeds", "Provenance",
+                    "Training jobs"):
+        assert heading in html
+
+
+def test_figures_per_study_are_inline_pngs_with_alt_text(rendered):
+    _, tags, _ = rendered
+    imgs = [(a, s) for t, a, s in tags if t == "img"]
+    per_section = {}
+    for a, s in imgs:
+        per_section[s] = per_section.get(s, 0) + 1
+        assert a["src"].startswith("data:image/png;base64,")
+        assert len(a.get("alt", "")) > 20
+    assert list(per_section.values()) == [5, 5] and all(s.startswith("study-") for s in per_section)
+
+
+def test_tables_claims_and_provenance(rendered):
+    html, tags, syn = rendered
+    tables = [(a.get("class"), s) for t, a, s in tags if t == "table"]
+    for s in {s for _, s in tables if s and s.startswith("study-")}:
+        assert {c for c, sec in tables if sec == s} == {"summary", "published"}
+    assert ("claims-table", "claims") in tables and ("jobs", "provenance") in tables
+    for variant in ("baseline", "bn_after", "bn_before", "overfit", "dropout_0.4"):
+        assert f"<th scope=\"row\">{variant}</th>" in html
+    for c in syn.config["claims"]:
+        assert f'id="claim-{c["id"]}"' in html and c["text"] in html
+    verdicts = re.findall(r'class="badge verdict-(\w+)"', html)
+    assert set(verdicts) <= {"supported", "contradicted", "inconclusive"} and len(verdicts) >= 3 + 2 * 4
+    for key in PROVENANCE:
+        assert f"<dt>{key}</dt>" in html
+    assert "2.6.6" in html and "testhost" in html  # per-job versions and host from meta.json
+    assert "never 80%" in html.lower()
+
+
+def test_report_is_self_contained(rendered):
+    html, tags, _ = rendered
+    assert not re.search(r"https?://", html)
+    for tag, attrs, _ in tags:
+        for name in ("src", "href"):
+            value = attrs.get(name) or ""
+            assert value == "" or value.startswith(("data:", "#")), (tag, name, value)
+    assert "<script" not in html and '<link rel="stylesheet"' not in html
+    assert "<style>" in html and ".table-wrap" in html  # CSS inlined
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def rendered_hostile(make_synthetic_results, tmp_path_factory):
+    """A report with hostile study title, claim text and provenance, no published file, no provenance dict."""
+    root = tmp_path_factory.mktemp("hostile")
+    syn = make_synthetic_results(root, titles={"bn": f"BN {EVIL}"}, published=False, claims=[
+        {"id": "x", "text": f"claim {EVIL} <img src=x onerror=alert(1)>", "study": "bn", "variant": "bn_after",
+         "metric": "final_test_acc", "direction": "greater"}])
+    syn.aggregate()
+    out = root / "index.html"
+    render_report(syn.config, syn.results_dir, out)
+    return out.read_text()
+
+
+def test_hostile_titles_and_claim_text_are_escaped(rendered_hostile):
+    html = rendered_hostile
+    assert EVIL not in html and "<img src=x" not in html
+    assert "BN &lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "claim &lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_missing_published_file_and_provenance_are_skipped_gracefully(rendered_hostile):
+    html = rendered_hostile
+    assert "No published numbers available" in html and 'class="published"' not in html
+    assert "No run provenance was given" in html
+    assert html.count("<img ") == 10
+
+
+def test_missing_aggregates_raise_results_error(synthetic_results, tmp_path):
+    with pytest.raises(ResultsError, match="summary.csv"):
+        render_report(synthetic_results.config, synthetic_results.results_dir, tmp_path / "index.html")
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_render_writes_atomically(rendered):
+    _, _, syn = rendered
+    out_dir = syn.root / "report"
+    assert [p.name for p in out_dir.iterdir()] == ["index.html"]
+
+
+# --------------------------------------------------------------------------- grids, overrides, third party
+@pytest.fixture(scope="module")
+def rendered_grid(make_synthetic_results, tmp_path_factory):
+    """(html, Collector, SyntheticResults) of the synthetic report with the ``bn_ext`` grid study."""
+    syn = make_synthetic_results(tmp_path_factory.mktemp("grid"), grid=True)
+    syn.aggregate()
+    out = syn.root / "index.html"
+    render_report(syn.config, syn.results_dir, out, provenance=PROVENANCE)
+    html = out.read_text()
+    parser = Collector()
+    parser.feed(html)
+    return html, parser, syn
+
+
+def _expected_best(syn, grid):
+    """(variant, value, overlaps baseline) computed here from per_seed.csv with scipy, not with reglab."""
+    per_seed = pd.read_csv(syn.results_dir / "aggregate" / "bn_ext" / "per_seed.csv")
+    means = per_seed.groupby("variant")["final_test_acc"].mean()
+    best = max(grid["variants"], key=lambda v: means[v])  # first of equal maxima, as the report
+    value = grid["values"][grid["variants"].index(best)]
+
+    def ci(v):
+        x = per_seed.loc[per_seed["variant"] == v, "final_test_acc"].to_numpy(float)
+        return st.t.interval(0.95, x.size - 1, loc=x.mean(), scale=x.std(ddof=1) / np.sqrt(x.size))
+
+    (lo, hi), (blo, bhi) = ci(best), ci(grid["baseline"])
+    return best, value, bool(lo <= bhi and blo <= hi), means[best] > means[grid["baseline"]]
+
+
+def test_grid_blocks_are_in_their_study_section_and_the_toc(rendered_grid):
+    html, parser, syn = rendered_grid
+    grids = syn.config["studies"]["bn_ext"]["grids"]
+    blocks = [(a["id"], s) for t, a, s in parser.tags if t == "div" and a.get("class") == "grid-block"]
+    assert [s for _, s in blocks] == ["study-2-bn_ext"] * len(grids) == ["study-2-bn_ext"] * 2
+    assert [b for b, _ in blocks] == [f"grid-2-bn_ext-{g['id']}" for g in grids]
+    toc = [a["href"] for t, a, s in parser.tags if t == "a" and s is None and a.get("href", "").startswith("#")]
+    sections = [a["id"] for t, a, _ in parser.tags if t == "section"]
+    study_at = toc.index("#study-2-bn_ext")
+    assert toc[study_at + 1:study_at + 3] == [f"#{b}" for b, _ in blocks]  # listed under their study
+    assert [h for h in toc if not h.startswith("#grid-")] == [f"#{s}" for s in sections]
+    for g in grids:
+        assert f"<h3>Grid: {g['title']}</h3>" in html and f'<a href="#grid-2-bn_ext-{g["id"]}">Grid: {g["title"]}</a>' in html
+
+
+def test_grid_figure_and_best_value_table(rendered_grid):
+    html, parser, syn = rendered_grid
+    imgs = {}
+    for (t, a, s), g in zip(parser.tags, parser.grid_of):
+        if t == "img":
+            imgs.setdefault(s, []).append(g)
+    assert [len(v) for v in imgs.values()] == [5, 5, 7]  # bn_ext: five study figures plus one per grid
+    assert [g for g in imgs["study-2-bn_ext"] if g] == ["grid-2-bn_ext-momentum", "grid-2-bn_ext-input_noise"]
+    for grid in syn.config["studies"]["bn_ext"]["grids"]:
+        block = f"grid-2-bn_ext-{grid['id']}"
+        img = [a for (t, a, _), g in zip(parser.tags, parser.grid_of) if t == "img" and g == block][0]
+        assert img["src"].startswith("data:image/png;base64,") and grid["param"] in img["alt"]
+        tables = [a.get("class") for (t, a, _), g in zip(parser.tags, parser.grid_of) if t == "table" and g == block]
+        assert tables == ["grid-best"]
+        best, value, overlaps, higher = _expected_best(syn, grid)
+        text = " ".join(parser.text[block].split())
+        assert f"Best {grid['param']}: {value:g} (variant {best})" in text
+        assert f"Best value {best} {value:g} 5 " in text  # the table's best row: point, variant, value, n
+        expected = "yes" if overlaps else f"no ({'higher' if higher else 'lower'})"
+        row = re.search(r"<tr><th scope=\"row\">Best value</th>(.*?)</tr>", html[html.index(f'id="{block}"'):]).group(1)
+        assert row.endswith(f"<td>{expected}</td>") and f"<td>{best}</td>" in row
+        assert f"Baseline ({grid['baseline']}): " in text
+    # the synthetic momentum grid is built so that 0.9 wins clearly over the baseline
+    assert _expected_best(syn, syn.config["studies"]["bn_ext"]["grids"][0])[:3] == ("bn_momentum_0.9", 0.9, False)
+    assert "Symmetric-log x axis" in parser.text["grid-2-bn_ext-input_noise"]
+    assert "Symmetric-log x axis" not in parser.text["grid-2-bn_ext-momentum"]
+
+
+def test_variant_list_shows_training_overrides_and_grid_points(rendered_grid):
+    html, _, _ = rendered_grid
+    items = dict(re.findall(r"<li><code>([^<]+)</code>: (.*?)</li>", html[html.index('id="study-2-bn_ext"'):], re.S))
+    assert "training override: <code>label_flip=0.1</code>" in items["label_flip_0.1"]
+    assert "training override: <code>gradient_noise(eta=0.01, gamma=0.55)</code>" in items["grad_noise_0.01"]
+    assert all("training override" not in text for v, text in items.items() if v not in GRID_OVERRIDES)
+    assert "grid momentum: momentum = 0.9" in items["bn_momentum_0.9"]
+    assert "grid input_noise: stddev = 0.01" in items["noise_0.01"]  # the explicit variant is also a grid point
+    assert len(items) == len(set(items)) == 17
+
+
+GRID_OVERRIDES = ("label_flip_0.1", "grad_noise_0.01")
+
+
+def test_third_party_numbers_in_the_ext_study_only(rendered_grid):
+    html, parser, _ = rendered_grid
+    ext = html[html.index('id="study-2-bn_ext"'):html.index('id="provenance"')]
+    rows = re.findall(r'<tr class="third-party"><th scope="row">([^<]+)</th><td>(\w+)</td><td>([^<]+)</td>', ext)
+    assert [(v, split) for v, split, _ in rows] == [(v, s) for v in ("bn_after", "bn_no_affine", "bn_input")
+                                                    for s in ("train", "test")]
+    sources = {v: src for v, _, src in rows}
+    assert sources["bn_after"] == "third party, mean of 3 runs"
+    assert sources["bn_no_affine"] == "third party, mean of 3 runs (their bn_no_beta_gamma)"
+    assert sources["bn_input"] == "third party, mean of 3 runs (their bn_input_and_after)"
+    assert "reference only" in ext and "bn_no_momentum" not in ext
+    assert html.count('class="third-party"') == len(rows)  # not in study bn (the key itself, without _ext)
+    assert ("published", "study-2-bn_ext") in [(a.get("class"), s) for t, a, s in parser.tags if t == "table"]
+
+
+def test_grid_points_and_best_value_edge_cases():
+    per_seed = pd.DataFrame({
+        "variant": ["a_1"] * 3 + ["a_2"] * 3 + ["a_3"] + ["base"] * 3,
+        "final_test_acc": [0.8, 0.82, 0.84, 0.8, 0.82, 0.84, 0.95, 0.5, 0.52, 0.54],
+        "peak_test_acc": [0.9] * 10,
+    })
+    grid = {"id": "a", "base": "a_1", "param": "label_flip", "values": [1, 2, 3, 4],
+            "variants": ["a_1", "a_2", "a_3", "a_4"], "baseline": "base"}
+    points = grid_points(per_seed, grid)
+    final = points[points["metric"] == "final_test_acc"].set_index("variant")
+    assert list(final.index) == ["a_1", "a_2", "a_3", "a_4", "base"]
+    assert list(final["n"]) == [3, 3, 1, 0, 3] and np.isnan(final.loc["a_4", "mean"])
+    lo, hi = st.t.interval(0.95, 2, loc=0.82, scale=0.02 / np.sqrt(3))
+    assert np.allclose(final.loc["a_1", ["mean", "ci_low", "ci_high"]].to_numpy(float), [0.82, lo, hi])
+    best = best_grid_point(points)  # a_3 has the highest mean but one seed: its interval is undefined
+    assert (best["variant"], best["value"], best["overlap"], best["side"]) == ("a_3", 3, None, None)
+    two = best_grid_point(grid_points(per_seed[per_seed["variant"] != "a_3"], grid))
+    assert (two["variant"], two["ties"], two["overlap"], two["side"]) == ("a_1", [2.0], False, "higher")
+    no_base = best_grid_point(grid_points(per_seed, {**grid, "baseline": None}))
+    assert no_base["baseline"] is None and no_base["overlap"] is None
+    assert best_grid_point(grid_points(per_seed.iloc[:0], grid)) is None
+
+
+def test_grid_points_runs_are_read_from_their_pack(rendered_grid):
+    html, _, syn = rendered_grid
+    runs = syn.results_dir / "runs" / "bn_ext"
+    assert (runs / "momentum" / "chunk1" / "bn_momentum_0.9" / "boundary.npz").is_file()  # the synthetic pack layout
+    variants = ["baseline", "bn_momentum_0.9", "noise_0.01", "noise_0.5"]
+    boundaries = load_boundaries(runs, variants)
+    assert list(boundaries) == variants and all(b[3] == 5 for b in boundaries.values())
+    metas = load_metas(runs, variants)
+    assert [(m["variant"], m["chunk"]) for m in metas] == [(v, k) for v in variants for k in (0, 1)]
+    assert html.count("<td>bn_momentum_0.9</td><td>0</td>") == 1  # its job in the provenance table
