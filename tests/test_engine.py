@@ -167,3 +167,28 @@ def test_noise_and_dropout_are_off_in_inference(data):
     net_clean = ReplicaNet(clean, 2, [0])
     torch.testing.assert_close(net.predict_proba(x), net_clean.predict_proba(x))
     assert res.final["test_acc"].shape == (1,)
+
+
+def test_a_diverging_replica_is_marked_and_does_not_disturb_the_others(data):
+    from reglab.module import ReplicaClassifier
+    from reglab.train import make_trainer
+
+    s = spec(MLP_BN, epochs=4)
+    module = ReplicaClassifier(s, [0, 1, 2], data)
+    with torch.no_grad():
+        module.net.head.kernel[1].fill_(float("nan"))  # replica 1 is broken from the start
+    make_trainer("cpu").fit(module)
+    assert module.diverged_epoch.tolist() == [0, 1, 0]
+    assert np.isnan(module.history["test_acc"][:, 1]).all()
+    healthy = train(s, data, [0, 2])
+    np.testing.assert_allclose(module.history["test_acc"][:, [0, 2]].numpy(), healthy.history["test_acc"], atol=1e-6)
+    assert healthy.diverged_epoch.tolist() == [0, 0]
+
+
+def test_a_learning_rate_of_100_diverges_without_crashing(data):
+    s = spec(MLP_BN, optimizer={"name": "sgd", "lr": 100.0, "momentum": 0.9, "nesterov": False}, epochs=6)
+    res = train(s, data, [0, 1])
+    assert (res.diverged_epoch > 0).all()
+    assert np.isnan(res.final["test_acc"]).all()
+    first = res.diverged_epoch.min() - 1
+    assert np.isfinite(res.history["train_loss"][:first]).all()

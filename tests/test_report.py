@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as st
 
 from reglab.aggregate import ResultsError
-from reglab.report import best_grid_point, grid_points, load_boundaries, load_metas, render_report
+from reglab.report import best_grid_point, grid_points, grid_view, load_boundaries, load_metas, render_report
 
 PROVENANCE = {"command": "snakemake -c4", "date": "2026-01-01", "wall time": "12 s",
               "git": {"commit": "abc123", "dirty": True}, "config hash": "feedbeef", "versions": {"torch": "2.13.0"},
@@ -197,7 +197,8 @@ def test_grid_blocks_are_in_their_study_section_and_the_toc(rendered_grid):
     assert toc[study_at + 1:study_at + 3] == [f"#{b}" for b, _ in blocks]  # listed under their study
     assert [h for h in toc if not h.startswith("#grid-")] == [f"#{s}" for s in sections]
     for g in grids:
-        assert f"<h3>Grid: {g['title']}</h3>" in html and f'<a href="#grid-2-bn_ext-{g["id"]}">Grid: {g["title"]}</a>' in html
+        assert f"<h3>Grid: {g['title']}</h3>" in html
+        assert f'<a href="#grid-2-bn_ext-{g["id"]}">Grid: {g["title"]}</a>' in html
 
 
 def test_grid_figure_and_best_value_table(rendered_grid):
@@ -290,3 +291,20 @@ def test_grid_points_runs_are_read_from_their_pack(rendered_grid):
     metas = load_metas(runs, variants)
     assert [(m["variant"], m["chunk"]) for m in metas] == [(v, k) for v in variants for k in (0, 1)]
     assert html.count("<td>bn_momentum_0.9</td><td>0</td>") == 1  # its job in the provenance table
+
+
+def test_grid_view_sentence_names_ties_and_undefined_overlap():
+    per_seed = pd.DataFrame({"variant": ["f_0.0"] * 3 + ["f_0.3"] * 3 + ["f_0.1"] * 3 + ["base"],
+                             "final_test_acc": [0.8, 0.82, 0.84] * 2 + [0.7, 0.72, 0.74, 0.5],
+                             "peak_test_acc": [0.9] * 10})
+    study = {"variants": {"base": [DENSE], "f_0.0": [DENSE], "f_0.1": [DENSE], "f_0.3": [DENSE]}}
+    grid = {"id": "f", "base": "base", "param": "label_flip", "values": [0.0, 0.1, 0.3],
+            "variants": ["f_0.0", "f_0.1", "f_0.3"], "baseline": "base"}
+    view = grid_view(0, "s", study, grid, per_seed, {})
+    assert view["sentence"].startswith("Best label_flip: 0 (variant f_0.0; tied with 0.3), mean final test accuracy "
+                                       "0.820 (95% CI 0.770\u20130.870, n = 3). Baseline (base): 0.500 (n = 1).")
+    assert "cannot be judged" in view["sentence"] and view["table"]["rows"][0][-1] == "undefined"
+    assert view["figure"]["src"].startswith("data:image/png;base64,") and "label_flip (0, 0.1, 0.3)" in view["figure"]["alt"]
+
+
+DENSE = {"dense": {"units": 1, "activation": "sigmoid"}}

@@ -143,3 +143,13 @@ def test_edits_rerun_only_what_depends_on_them(tiny_run, tmp_path):
     assert planned_train_jobs(work) == {
         f"results/runs/batchnorm/{v}/chunk{c}" for v in ("baseline", "bn_after") for c in (0, 1)
     }
+
+
+@pytest.mark.slow
+def test_snakemake_report_packages_the_html_report(tiny_run):
+    snakemake(tiny_run, "--report", "report/snakemake.zip")
+    import zipfile
+
+    with zipfile.ZipFile(tiny_run / "report" / "snakemake.zip") as zf:
+        names = zf.namelist()
+    assert any(name.endswith("index.html") and "report/index.html" in name.replace("\\", "/") for name in names), names

@@ -59,6 +59,8 @@ class ReplicaClassifier(pl.LightningModule):
         self.register_buffer("orders", shuffle_orders(seeds, self.epochs, len(x_train)), persistent=False)
         self.history = {m: torch.full((self.epochs, s), float("nan")) for m in HISTORY_METRICS}
         self.epoch_time = torch.full((self.epochs,), float("nan"), dtype=torch.float64)
+        # the 1-based epoch at which each replica's training loss stopped being finite; 0 = never
+        self.diverged_epoch = torch.zeros(s, dtype=torch.int64)
 
     def configure_optimizers(self):
         return make_optimizer(self.net.parameters(), self.spec["training"]["optimizer"])
@@ -102,7 +104,20 @@ class ReplicaClassifier(pl.LightningModule):
         h["train_acc"][epoch] = (correct / n).cpu()
         h["test_loss"][epoch] = test_loss.cpu()
         h["test_acc"][epoch] = test_acc.cpu()
+        self.mark_divergence(epoch)
         self.epoch_time[epoch] = time.perf_counter() - start
+
+    def mark_divergence(self, epoch: int) -> None:
+        """Flag replicas whose loss became NaN/inf; their metrics are NaN from that epoch on.
+
+        The other replicas are untouched: each replica's gradient depends on its own loss only.
+        """
+        newly = ~torch.isfinite(self.history["train_loss"][epoch]) & (self.diverged_epoch == 0)
+        self.diverged_epoch[newly] = epoch + 1
+        diverged = self.diverged_epoch > 0
+        if diverged.any():
+            for metric in HISTORY_METRICS:
+                self.history[metric][epoch, diverged] = float("nan")
 
     def epoch_targets(self) -> torch.Tensor:
         """Training labels ``[S, N]`` for one epoch: each flipped with probability ``label_flip``, afresh."""

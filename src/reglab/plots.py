@@ -241,7 +241,8 @@ def fig_grid(points: pd.DataFrame, xlabel: str = "value", metrics=GRID_METRICS, 
                 ax.axhspan(b["ci_low"], b["ci_high"], color=baseline_color, alpha=0.15, lw=0,
                            label=_label(f"{b['variant']} (baseline): 95% CI"))
             if np.isfinite(b["mean"]):
-                ax.axhline(b["mean"], color=baseline_color, lw=1.2, ls="--", label=_label(f"{b['variant']} (baseline): mean"))
+                ax.axhline(b["mean"], color=baseline_color, lw=1.2, ls="--",
+                           label=_label(f"{b['variant']} (baseline): mean"))
         x, m = g["value"].to_numpy(float), g["mean"].to_numpy(float)
         lo, hi = g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float)
         err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])

@@ -429,7 +429,8 @@ def grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame
     caption += "; ring: best value" if best else ""
     caption += (f". Symmetric-log x axis (linear below {linthresh:g})." if scale == "symlog" else ".")
     alt = (f"Grid {title} of study {name}: mean final and peak test accuracy with 95% confidence intervals "
-           f"against {param} ({values})" + (f", with the baseline ({baseline}) as a horizontal band." if baseline else "."))
+           f"against {param} ({values})")
+    alt += f", with the baseline ({baseline}) as a horizontal band." if baseline else "."
     headers = ["Point", "Variant", param, "n", "Final test acc", "95% CI", "Peak test acc", "95% CI (peak)",
                "CI overlaps baseline"]
     rows, sentence = [], "No grid point has results yet."
@@ -441,8 +442,8 @@ def grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame
                 fmt(p["mean"]), fmt_range(p["ci_low"], p["ci_high"]), overlap_text]
 
     if best is not None:
-        ties = f" (tied with {', '.join(_fmt_value(v) for v in best['ties'])})" if best["ties"] else ""
-        sentence = (f"Best {param}: {_fmt_value(best['value'])}{ties} (variant {best['variant']}), mean final test "
+        ties = f"; tied with {', '.join(_fmt_value(v) for v in best['ties'])}" if best["ties"] else ""
+        sentence = (f"Best {param}: {_fmt_value(best['value'])} (variant {best['variant']}{ties}), mean final test "
                     f"accuracy {_ci_text(best['mean'], best['ci_low'], best['ci_high'], best['n'])}.")
         b = best["baseline"]
         if b is None:

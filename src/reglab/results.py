@@ -57,6 +57,7 @@ def final_frame(spec: dict, result: TrainResult) -> pd.DataFrame:
     frame = pd.DataFrame({"study": spec["study"], "variant": spec["variant"], "seed": result.seeds})
     for m in HISTORY_METRICS:
         frame[m] = result.final[m]
+    frame["diverged_epoch"] = result.diverged_epoch
     return frame
 
 

@@ -27,7 +27,8 @@ class TrainResult:
     seeds: list[int]
     history: dict[str, np.ndarray]  # metric -> [epochs, S]
     epoch_time_s: np.ndarray  # [epochs], whole job
-    final: dict[str, np.ndarray]  # train/test loss/acc in inference mode -> [S]
+    final: dict[str, np.ndarray]  # train/test loss/acc in inference mode -> [S] (NaN if diverged)
+    diverged_epoch: np.ndarray  # [S], 1-based epoch the loss stopped being finite, 0 = never
     grid_x: np.ndarray
     grid_y: np.ndarray
     prob: np.ndarray  # [S, G, G]
@@ -105,6 +106,9 @@ def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerato
         y = torch.as_tensor(data[f"y_{split}"], device=module.device)
         loss, acc = module.evaluate(x.expand(len(seeds), -1, -1), y.expand(len(seeds), -1))
         final[f"{split}_loss"], final[f"{split}_acc"] = loss.cpu().numpy(), acc.cpu().numpy()
+    diverged = module.diverged_epoch.numpy()
+    for values in final.values():
+        values[diverged > 0] = np.nan
     gx, gy = boundary_grid(data)
     xx, yy = np.meshgrid(gx, gy)
     plane = torch.as_tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), device=module.device)
@@ -114,6 +118,7 @@ def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerato
         history={m: module.history[m].numpy() for m in HISTORY_METRICS},
         epoch_time_s=module.epoch_time.numpy(),
         final=final,
+        diverged_epoch=diverged,
         grid_x=gx,
         grid_y=gy,
         prob=prob.astype(np.float32),
