@@ -13,16 +13,17 @@ import sys
 from pathlib import Path
 
 
-class UsageError(Exception):
-    """A bad argument or input file, reported as one line."""
+def parse_json(text: str):
+    """The JSON value in ``text``; invalid JSON is an argparse type error."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
 
 
 def json_object(text: str) -> dict:
     """argparse type: a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    value = parse_json(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
@@ -30,10 +31,7 @@ def json_object(text: str) -> dict:
 
 def json_objects(text: str) -> list[dict]:
     """argparse type: a JSON object or a list of JSON objects, as a list."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    value = parse_json(text)
     value = value if isinstance(value, list) else [value]
     if not value or not all(isinstance(v, dict) for v in value):
         raise argparse.ArgumentTypeError("must be a JSON object or a non-empty list of JSON objects")
@@ -170,19 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from reglab.aggregate import ResultsError
     from reglab.config import ConfigError
     from reglab.data import DataError
 
-    errors: tuple[type[Exception], ...] = (UsageError, ConfigError, DataError)
-    try:
-        from reglab.aggregate import ResultsError
-
-        errors += (ResultsError,)
-    except ImportError:
-        pass
     try:
         args.func(args)
-    except errors as exc:
+    except (ConfigError, DataError, ResultsError) as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

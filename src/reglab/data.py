@@ -9,7 +9,53 @@ from pathlib import Path
 import numpy as np
 from sklearn import datasets as skdatasets
 
-GENERATORS = {"make_circles": skdatasets.make_circles, "make_moons": skdatasets.make_moons}
+
+def load_digits(n_samples: int = 1797, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (no download), shuffled by ``random_state``.
+
+    Returns the first ``n_samples`` (at most 1797) of the shuffled set: x ``[N, 1, 8, 8]``
+    (channels-first) scaled from 0..16 to [0, 1], y the class index 0-9.
+    """
+    digits = skdatasets.load_digits()
+    order = np.random.default_rng(random_state).permutation(len(digits.target))[:n_samples]
+    x = digits.images[order, None, :, :] / 16.0
+    return x, digits.target[order]
+
+
+def make_sequences(
+    n_samples: int = 1000,
+    length: int = 40,
+    noise: float = 0.5,
+    n_classes: int = 2,
+    random_state: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy sine waves to classify by frequency, a task where the order of the values matters.
+
+    Class k (balanced, in shuffled order) has a frequency drawn uniformly from the k-th of
+    ``n_classes`` bands between 1.5 and 4.5 cycles per sequence, separated by gaps; each wave has a
+    random phase and amplitude in [0.7, 1.3], plus N(0, noise^2) per step. With a random phase
+    every class has (nearly) the same distribution of values, so a model must use their order.
+    Returns x ``[n_samples, length, 1]`` and y the class index.
+    """
+    rng = np.random.default_rng(random_state)
+    y = rng.permutation(np.arange(n_samples) % n_classes)
+    width = 3.0 / n_classes
+    lo = 1.5 + y * width + 0.15 * width
+    freq = lo + rng.uniform(0.0, 0.7 * width, n_samples)
+    phase = rng.uniform(0.0, 2 * np.pi, n_samples)
+    amplitude = rng.uniform(0.7, 1.3, n_samples)
+    t = np.arange(length) / length
+    x = amplitude[:, None] * np.sin(2 * np.pi * freq[:, None] * t[None, :] + phase[:, None])
+    x = x + rng.normal(0.0, noise, x.shape)
+    return x[:, :, None], y
+
+
+GENERATORS = {
+    "make_circles": skdatasets.make_circles,
+    "make_moons": skdatasets.make_moons,
+    "load_digits": load_digits,
+    "make_sequences": make_sequences,
+}
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 

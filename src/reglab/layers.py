@@ -139,7 +139,13 @@ class Activation(nn.Module):
 
 
 class BatchNorm(nn.Module):
-    """Keras ``BatchNormalization`` over the feature axis, per replica.
+    """Keras ``BatchNormalization`` over a feature/channel axis, per replica.
+
+    Statistics are taken over every axis except the replica axis (0) and ``axis``, the feature or
+    channel axis of the input (counted with the replica axis; default the last): ``axis=-1`` for
+    Dense outputs ``[S, B, F]`` and LSTM sequences ``[S, B, T, F]``, ``axis=2`` for channels-first
+    feature maps ``[S, B, C, H, W]``. Parameters and moving statistics are stored as ``[S, 1, F]``
+    whatever the input's rank.
 
     Training normalises with the batch mean and biased batch variance and updates
     ``moving = moving * momentum + batch * (1 - momentum)``; inference uses the moving statistics.
@@ -153,28 +159,43 @@ class BatchNorm(nn.Module):
         epsilon: float = 1e-3,
         center: bool = True,
         scale: bool = True,
+        axis: int = -1,
     ) -> None:
         super().__init__()
         self.momentum = momentum
         self.epsilon = epsilon
+        self.axis = axis
         self.gamma = nn.Parameter(torch.ones(replicas, 1, features)) if scale else None
         self.beta = nn.Parameter(torch.zeros(replicas, 1, features)) if center else None
         self.register_buffer("moving_mean", torch.zeros(replicas, 1, features))
         self.register_buffer("moving_variance", torch.ones(replicas, 1, features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
-            with torch.no_grad():
-                self.moving_mean.lerp_(mean, 1.0 - self.momentum)
-                self.moving_variance.lerp_(var, 1.0 - self.momentum)
+        axis = self.axis % x.ndim
+        if axis == 0:
+            raise ValueError("BatchNorm's feature axis cannot be the replica axis")
+        if x.ndim == 3 and axis == 2:
+            shape = None  # [S, B, F]: the stored [S, 1, F] shape broadcasts as it is
         else:
-            mean, var = self.moving_mean, self.moving_variance
+            shape = [x.shape[0]] + [1] * (x.ndim - 1)
+            shape[axis] = x.shape[axis]
+        if self.training:
+            dims = tuple(d for d in range(1, x.ndim) if d != axis)
+            var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+            with torch.no_grad():
+                self.moving_mean.lerp_(mean.reshape(self.moving_mean.shape), 1.0 - self.momentum)
+                self.moving_variance.lerp_(var.reshape(self.moving_variance.shape), 1.0 - self.momentum)
+        else:
+            mean, var = self._view(self.moving_mean, shape), self._view(self.moving_variance, shape)
         inv = torch.rsqrt(var + self.epsilon)
         if self.gamma is not None:
-            inv = inv * self.gamma
+            inv = inv * self._view(self.gamma, shape)
         y = (x - mean) * inv
-        return y if self.beta is None else y + self.beta
+        return y if self.beta is None else y + self._view(self.beta, shape)
+
+    @staticmethod
+    def _view(t: torch.Tensor, shape: list[int] | None) -> torch.Tensor:
+        return t if shape is None else t.view(shape)
 
 
 class Dropout(RandomDraws):

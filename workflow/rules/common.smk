@@ -162,8 +162,8 @@ def used_datasets():
 
 
 def report_config_json(wildcards):
-    """The validated config as JSON (a function: its text may hold braces, e.g. grid name templates)."""
-    return json.dumps(config, sort_keys=True)
+    """The validated config as JSON, in config order (a function: its text may hold braces)."""
+    return json.dumps(config)
 
 
 RUN_INFO = "logs/run_info.json"

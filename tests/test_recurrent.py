@@ -1,0 +1,192 @@
+"""The replica-batched LSTM, replica by replica, against torch.nn.LSTM (forward and gradients)."""
+
+import pytest
+import torch
+from torch import nn
+
+from reglab import layers as L
+from reglab.model import STREAM_INIT, STREAM_NOISE, seed_generator
+from reglab.recurrent import LSTM
+
+S, B, T, F_IN, U = 3, 5, 6, 4, 7
+
+
+def gens(seeds=range(S), stream=STREAM_NOISE):
+    return [seed_generator(s, stream) for s in seeds]
+
+
+def make_lstm(replicas=S, **kwargs):
+    layer = LSTM(replicas, F_IN, U, **kwargs)
+    layer.reset_parameters(gens(range(replicas), STREAM_INIT))
+    with torch.no_grad():  # a non-trivial bias, so its copy into torch is checked too
+        layer.bias.add_(0.1 * torch.randn(layer.bias.shape, generator=torch.Generator().manual_seed(9)))
+    return layer
+
+
+def torch_lstm(layer, r):
+    """torch.nn.LSTM with replica r's weights: weight_ih = kernel.T, weight_hh = recurrent_kernel.T,
+    bias_ih = bias, bias_hh = 0."""
+    ref = nn.LSTM(F_IN, U, batch_first=True)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(layer.kernel[r].T)
+        ref.weight_hh_l0.copy_(layer.recurrent_kernel[r].T)
+        ref.bias_ih_l0.copy_(layer.bias[r, 0])
+        ref.bias_hh_l0.zero_()
+    return ref
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_lstm_matches_torch_lstm_per_replica_forward_and_backward(return_sequences):
+    torch.manual_seed(0)
+    layer = make_lstm(return_sequences=return_sequences)
+    x = torch.randn(S, B, T, F_IN, requires_grad=True)
+    out = layer(x)
+    assert out.shape == ((S, B, T, U) if return_sequences else (S, B, U))
+    cot = torch.randn_like(out)
+    gk, gr, gb, gx = torch.autograd.grad(out, [layer.kernel, layer.recurrent_kernel, layer.bias, x], cot)
+    for r in range(S):
+        ref = torch_lstm(layer, r)
+        xr = x[r].detach().clone().requires_grad_()
+        seq, (h_n, _) = ref(xr)
+        ref_out = seq if return_sequences else h_n[0]
+        torch.testing.assert_close(out[r], ref_out, atol=1e-5, rtol=1e-5)
+        g_ih, g_hh, g_bih, g_x = torch.autograd.grad(
+            ref_out, [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, xr], cot[r]
+        )
+        torch.testing.assert_close(gk[r], g_ih.T, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gr[r], g_hh.T, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gb[r, 0], g_bih, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gx[r], g_x, atol=1e-5, rtol=1e-5)
+
+
+def test_lstm_last_output_is_the_last_step_of_the_sequence():
+    x = torch.randn(S, B, T, F_IN)
+    seq = make_lstm(return_sequences=True)(x)
+    last = make_lstm(return_sequences=False)(x)
+    torch.testing.assert_close(seq[:, :, -1], last)
+
+
+def test_lstm_keras_initialisation():
+    layer = LSTM(S, 10, 8)
+    layer.reset_parameters(gens(stream=STREAM_INIT))
+    # kernel: glorot_uniform with fans (in, 4*units)
+    limit = (6 / (10 + 32)) ** 0.5
+    assert layer.kernel.abs().max() <= limit
+    assert layer.kernel.abs().max() > 0.9 * limit
+    # recurrent kernel [units, 4*units]: Keras' Orthogonal makes its rows orthonormal, per replica
+    for r in range(S):
+        w = layer.recurrent_kernel[r].detach().double()
+        torch.testing.assert_close(w @ w.T, torch.eye(8, dtype=torch.double), atol=1e-5, rtol=0)
+    assert not torch.equal(layer.recurrent_kernel[0], layer.recurrent_kernel[1])
+    # a square recurrent block stack: with 4*units columns each gate's block is a quarter of an
+    # orthogonal basis; for a square kernel (units = 4*units impossible) check via a 1-unit-per-gate
+    # sanity: the Gram matrix of columns is a projection (W.T W idempotent)
+    w = layer.recurrent_kernel[0].detach().double()
+    p = w.T @ w
+    torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=0)
+    # bias: zeros with the forget-gate block (second of i, f, c, o) at 1
+    expected = torch.cat([torch.zeros(8), torch.ones(8), torch.zeros(16)])
+    for r in range(S):
+        assert torch.equal(layer.bias[r, 0].detach(), expected)
+
+
+def test_lstm_replica_init_is_identical_alone_or_in_a_chunk():
+    chunk = LSTM(3, F_IN, U)
+    chunk.reset_parameters(gens([4, 7, 9], STREAM_INIT))
+    alone = LSTM(1, F_IN, U)
+    alone.reset_parameters(gens([7], STREAM_INIT))
+    for p_chunk, p_alone in zip(chunk.parameters(), alone.parameters()):
+        assert torch.equal(p_chunk[1], p_alone[0])
+
+
+def _masks_from_grad(layer, x):
+    """Recover the input dropout mask the LSTM applied: d out / d x at the input is zero where dropped."""
+    x = x.clone().requires_grad_()
+    out = layer(x)
+    (gx,) = torch.autograd.grad(out.sum(), x)
+    return gx
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.5])
+def test_lstm_input_dropout_mask_is_constant_over_time_and_off_in_eval(rate):
+    layer = make_lstm(return_sequences=True, dropout=rate)
+    layer.generators = gens()
+    x = torch.randn(S, 200, T, F_IN)
+    # the same generators again reproduce the draw: compare with the undropped LSTM on masked inputs
+    layer.generators = gens()
+    out = layer(x)
+    mask = torch.empty(S, 200, 1, F_IN)
+    for r, g in enumerate(gens()):
+        mask[r].uniform_(generator=g)
+    mask = (mask < 1 - rate).float() / (1 - rate)
+    clean = make_lstm(return_sequences=True)
+    torch.testing.assert_close(out, clean(x * mask), atol=1e-6, rtol=1e-5)
+    assert 1 - (mask > 0).float().mean().item() == pytest.approx(rate, abs=0.03)
+    # the gradient w.r.t. the inputs is zero exactly where the mask drops, the same at every step
+    gx = _masks_from_grad(layer, x)
+    dropped = gx == 0
+    assert torch.equal(dropped, dropped[:, :, :1].expand_as(dropped))
+    assert torch.equal(dropped[:, :, 0], (mask == 0)[:, :, 0]) or dropped.float().mean() > 0  # redrawn mask
+    layer.eval()
+    torch.testing.assert_close(layer(x), clean(x))
+
+
+def test_lstm_recurrent_dropout_masks_the_state_with_one_mask_per_sequence():
+    rate = 0.4
+    layer = make_lstm(return_sequences=True, recurrent_dropout=rate)
+    x = torch.randn(S, 50, T, F_IN)
+    layer.generators = gens()
+    out = layer(x)
+    mask = torch.empty(S, 50, U)
+    for r, g in enumerate(gens()):
+        mask[r].uniform_(generator=g)
+    mask = (mask < 1 - rate).float() / (1 - rate)
+    # reference: torch's LSTM cell stepped by hand, the same mask on h at every step
+    for r in range(S):
+        cell = nn.LSTMCell(F_IN, U)
+        ref = torch_lstm(layer, r)
+        with torch.no_grad():
+            cell.weight_ih.copy_(ref.weight_ih_l0)
+            cell.weight_hh.copy_(ref.weight_hh_l0)
+            cell.bias_ih.copy_(ref.bias_ih_l0)
+            cell.bias_hh.zero_()
+        h = c = torch.zeros(50, U)
+        for t in range(T):
+            h, c = cell(x[r, :, t], (h * mask[r], c))
+            torch.testing.assert_close(out[r, :, t], h, atol=1e-5, rtol=1e-5)
+    layer.eval()
+    torch.testing.assert_close(layer(x), make_lstm(return_sequences=True)(x))
+
+
+def test_lstm_dropout_masks_are_per_replica_and_identical_alone_or_in_a_chunk():
+    x = torch.randn(S, 20, T, F_IN)
+    layer = make_lstm(dropout=0.3, recurrent_dropout=0.3)
+    layer.generators = gens()
+    out = layer(x)
+    lone = LSTM(1, F_IN, U, dropout=0.3, recurrent_dropout=0.3)
+    with torch.no_grad():
+        for p_lone, p in zip(lone.parameters(), layer.parameters()):
+            p_lone.copy_(p[1:2])
+    lone.generators = gens([1])
+    torch.testing.assert_close(lone(x[1:2]), out[1:2])
+    assert not torch.equal(layer(x), out)  # fresh masks at every training pass
+
+
+def test_dropout_layer_on_sequences_draws_a_fresh_mask_per_time_step_unlike_lstm_dropout():
+    """The seed's "Dropout on the LSTM's inputs" is layers.Dropout on [S, B, T, F]: elementwise,
+    so its mask differs across time steps; LSTM(dropout=...) reuses one mask at every step."""
+    x = torch.ones(S, 64, T, F_IN)
+    drop = L.Dropout(0.5)
+    drop.generators = gens()
+    elementwise = drop(x) != 0  # [S, B, T, F]
+    assert not torch.equal(elementwise, elementwise[:, :, :1].expand_as(elementwise))
+    differs = (elementwise != elementwise[:, :, :1]).any(dim=(1, 3))  # per replica and step
+    assert differs[:, 1:].all()
+
+    layer = make_lstm(return_sequences=True, dropout=0.5)
+    layer.generators = gens()
+    xs = torch.randn(S, 64, T, F_IN, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(xs).sum(), xs)
+    kept = gx != 0
+    assert torch.equal(kept, kept[:, :, :1].expand_as(kept))  # the same mask at every step
+    assert 0.3 < kept.float().mean().item() < 0.7
