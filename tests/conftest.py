@@ -7,6 +7,10 @@
 * ``make_synthetic_results``: factory ``(root, **overrides) -> SyntheticResults`` for variations
   (e.g. hostile study titles, ``grid=True`` for a third study with grids).
 * ``synthetic_grid_aggregated``: the tree with the grid study, aggregated.
+
+``diverged={(study, variant, seed): epoch}`` makes a seed diverge at that 1-based epoch, as the
+engine records it: NaN metrics in history.csv from that epoch on, NaN final metrics, its
+``diverged_epoch`` in final.csv (0 for every other seed) and NaN decision-boundary probabilities.
 """
 
 from __future__ import annotations
@@ -128,8 +132,8 @@ def _curve(rng, tau: float, top: float, n_points: int) -> np.ndarray:
 
 
 def _write_job(run_dir: Path, study: str, variant: str, chunk: int, seeds: list[int], params: tuple,
-               n_train: int, n_test: int) -> None:
-    """history.csv, final.csv, boundary.npz and meta.json of one job."""
+               n_train: int, n_test: int, diverged: dict | None = None) -> None:
+    """history.csv, final.csv, boundary.npz and meta.json of one job (``diverged``: seed -> epoch)."""
     layers, tau, top, train_top = params
     run_dir.mkdir(parents=True, exist_ok=True)
     hist, final, probs = [], [], []
@@ -139,14 +143,19 @@ def _write_job(run_dir: Path, study: str, variant: str, chunk: int, seeds: list[
     for seed in seeds:
         rng = np.random.default_rng(zlib.crc32(f"{study}/{variant}/{seed}".encode()))
         test_acc, train_acc = _curve(rng, tau, top, n_test), _curve(rng, tau * 0.8, train_top, n_train)
+        div = (diverged or {}).get(seed, 0)
+        if div:  # NaN from the diverged epoch on, as the engine writes it
+            test_acc[div - 1:] = train_acc[div - 1:] = np.nan
         for e in range(N_EPOCHS):
             hist.append({"study": study, "variant": variant, "seed": seed, "epoch": e + 1,
                          "train_loss": -np.log(max(train_acc[e], 0.01)), "train_acc": train_acc[e],
                          "test_loss": -np.log(max(test_acc[e], 0.01)), "test_acc": test_acc[e],
                          "epoch_time_s": epoch_time[e]})
         final.append({"study": study, "variant": variant, "seed": seed, "train_loss": -np.log(train_acc[-1]),
-                      "train_acc": train_acc[-1], "test_loss": -np.log(test_acc[-1]), "test_acc": test_acc[-1]})
-        probs.append(1 / (1 + np.exp(-rng.uniform(6, 12) * (0.75 - r))))
+                      "train_acc": train_acc[-1], "test_loss": -np.log(test_acc[-1]), "test_acc": test_acc[-1],
+                      "diverged_epoch": div})
+        prob = 1 / (1 + np.exp(-rng.uniform(6, 12) * (0.75 - r)))
+        probs.append(np.full_like(prob, np.nan) if div else prob)
     pd.DataFrame(hist).to_csv(run_dir / "history.csv", index=False)
     pd.DataFrame(final).to_csv(run_dir / "final.csv", index=False)
     np.savez_compressed(run_dir / "boundary.npz", seeds=np.asarray(seeds, dtype=np.int64), grid_x=gx, grid_y=gy,
@@ -183,13 +192,15 @@ def _grid_study() -> tuple[str, str, str, dict, list]:
 
 
 def write_synthetic_results(root: Path, titles: dict | None = None, claims: list | None = None,
-                            published: bool = True, grid: bool = False) -> SyntheticResults:
+                            published: bool = True, grid: bool = False,
+                            diverged: dict | None = None) -> SyntheticResults:
     """Write the synthetic tree under ``root/results`` and return it with its config.
 
     ``titles`` overrides study titles; ``claims`` replaces the default claims; ``published=False``
     points config["published"] at a file that does not exist; ``grid=True`` adds a third study,
     ``bn_ext`` (see :data:`GRID_STUDY`, :data:`GRIDS`), with two grids, per-variant training
-    overrides and third-party published numbers.
+    overrides and third-party published numbers. ``diverged`` maps ``(study, variant, seed)`` to the
+    1-based epoch at which that seed diverges (see the module docstring).
     """
     results = root / "results"
     rng = np.random.default_rng(0)
@@ -226,7 +237,8 @@ def write_synthetic_results(root: Path, titles: dict | None = None, claims: list
                 pack = packs.get(variant, variant)  # otherwise a pack of one
                 run_dir = results / "runs" / study / pack / f"chunk{chunk}" / variant
                 job_seeds = seeds[chunk * SEEDS_PER_JOB:(chunk + 1) * SEEDS_PER_JOB]
-                _write_job(run_dir, study, variant, chunk, job_seeds, params, n_train, n_test)
+                job_diverged = {s: e for (st, v, s), e in (diverged or {}).items() if (st, v) == (study, variant)}
+                _write_job(run_dir, study, variant, chunk, job_seeds, params, n_train, n_test, job_diverged)
                 out.run_dirs.setdefault(study, []).append(run_dir)
     if published:
         (root / "published.yaml").write_text(yaml.safe_dump(PUBLISHED, sort_keys=False))

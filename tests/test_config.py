@@ -33,11 +33,13 @@ EXPECTED_VARIANTS = {
                   "gradient_noise_0.01", "label_flip_0.1"]
     + [f"input_{v}" for v in (0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)]
     + [f"hidden_pre_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.2, 0.5, 1.0)],
+    "cnn": ["baseline", "bn", "dropout_0.5", "spatial_dropout_0.5", "input_noise_0.1"],
+    "rnn": ["baseline", "dropout_after_0.5", "input_dropout_0.5", "variational_0.5", "bn_after"],
 }
 N_VARIANTS = sum(map(len, EXPECTED_VARIANTS.values()))
 #: training jobs group a grid's points into one pack named by the grid's id; other variants are packs of their own
 EXPECTED_PACKS = {
-    **{s: [[v] for v in EXPECTED_VARIANTS[s]] for s in ("batchnorm", "dropout", "noise", "batchnorm_ext")},
+    **{s: [[v] for v in EXPECTED_VARIANTS[s]] for s in ("batchnorm", "dropout", "noise", "batchnorm_ext", "cnn", "rnn")},
     "dropout_ext": [[f"dropout_{r / 10}" for r in range(10)], ["overfit"], ["input_dropout_0.2"],
                     ["dropout_0.4_maxnorm_3"]],
     "noise_ext": [[f"input_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)],
@@ -70,17 +72,17 @@ def test_shipped_config_yields_expected_jobs(config):
     trained = {s: sorted(v for j in jobs if j["study"] == s for v in j["variants"]) for s in EXPECTED_VARIANTS}
     assert trained == {s: sorted(vs) for s, vs in EXPECTED_VARIANTS.items()}  # every variant once
     assert {s: list(config["studies"][s]["variants"]) for s in EXPECTED_VARIANTS} == EXPECTED_VARIANTS
-    assert len(jobs) == N_PACKS == 25 and N_VARIANTS == 50
+    assert len(jobs) == N_PACKS == 35 and N_VARIANTS == 60
     assert all(j["chunk"] == 0 and j["seeds"] == list(range(10)) for j in jobs)
     assert all(seeds_for(config, s) == list(range(10)) for s in EXPECTED_VARIANTS)
 
 
 def test_shipped_config_claims_reference_real_variants(config):
     ids = [c["id"] for c in config["claims"]]
-    assert len(ids) == 8 and len(set(ids)) == 8
+    assert len(ids) == 12 and len(set(ids)) == 12
     published = yaml.safe_load((CONFIG_PATH.parent / "published.yaml").read_text())
-    assert ids == [c["id"] for c in published["claims"]]
-    assert [c["text"] for c in config["claims"]] == [c["text"] for c in published["claims"]]
+    assert ids[:8] == [c["id"] for c in published["claims"]]  # then the CNN/RNN claims (issue 6)
+    assert [c["text"] for c in config["claims"]][:8] == [c["text"] for c in published["claims"]]
     assert config["published"] == "config/published.yaml"
 
 
@@ -308,7 +310,7 @@ MAXNORM = ["studies", "dropout_ext", "variants", "dropout_0.4_maxnorm_3"]
 BAD_CONFIGS = {
     # name: (edit, text the message must contain (the key path), more text it must contain)
     "unknown layer": (_set(OVERFIT + [0], {"foo": {"units": 3}}), "studies.dropout.variants.overfit[0]:",
-                      "unknown layer 'foo' (allowed: dense, batch_norm, dropout, gaussian_noise, activation)"),
+                      "unknown layer 'foo' (allowed: dense, batch_norm, dropout, gaussian_noise, activation, conv2d, max_pooling2d, flatten, spatial_dropout2d, lstm)"),
     "two keys in a layer": (_set(OVERFIT + [0], {"dense": {"units": 3}, "dropout": {"rate": 0.1}}),
                             "studies.dropout.variants.overfit[0]:", "exactly one key"),
     "unknown key in a layer": (_set(OVERFIT + [0, "dense", "size"], 3), "studies.dropout.variants.overfit[0].dense:",
@@ -351,13 +353,28 @@ BAD_CONFIGS = {
         {"activation": {"name": "sigmoid"}}),
                              "studies.dropout.variants.overfit[2]:", "last layer must be dense"),
     "empty variant": (_set(OVERFIT, []), "studies.dropout.variants.overfit:", "must not be empty"),
+    "conv2d on vectors": (_set(OVERFIT + [0], {"conv2d": {"filters": 4, "kernel_size": 3}}),
+                          "studies.dropout.variants.overfit[0]:", "conv2d needs feature maps"),
+    "lstm on images": (_set(["studies", "cnn", "variants", "baseline", 0], {"lstm": {"units": 4}}),
+                       "studies.cnn.variants.baseline[0]:", "lstm needs sequences"),
+    "pooling to nothing": (_set(["studies", "cnn", "variants", "baseline", 2, "max_pooling2d", "pool_size"], 7),
+                           "studies.cnn.variants.baseline[2]:", "leaves nothing"),
+    "softmax units not the classes": (_set(["studies", "cnn", "variants", "baseline", 4, "dense", "units"], 3),
+                                      "studies.cnn.variants.baseline[4]:", "units: 10 and activation: softmax"),
+    "dense on feature maps without flatten": (
+        lambda config: config["studies"]["cnn"]["variants"]["baseline"].pop(3),
+        "studies.cnn.variants.baseline[3]:", "dense needs vectors"),
+    "lstm dropout 1": (_set(["studies", "rnn", "variants", "variational_0.5", 0, "lstm", "recurrent_dropout"], 1.0),
+                       "studies.rnn.variants.variational_0.5[0].lstm.recurrent_dropout:", "greater than or equal"),
+    "too many digits": (_set(["datasets", "digits_1000", "params", "n_samples"], 5000),
+                        "datasets.digits_1000.params.n_samples:", "greater than the maximum of 1797"),
     "claim with unknown variant": (_set(["claims", 3, "variant"], "dropout_0.9"), "claims[3].variant:",
                                    "unknown variant 'dropout_0.9' in study 'dropout'"),
     "claim compared to unknown variant": (_set(["claims", 4, "compare_to"], "nope"), "claims[4].compare_to:",
                                           "unknown variant 'nope'"),
     "claim with unknown study": (_set(["claims", 0, "study"], "bn"), "claims[0].study:", "unknown study 'bn'"),
     "claim with unknown metric": (_set(["claims", 0, "metric"], "accuracy"), "claims[0].metric:", "is not one of"),
-    "duplicate claim ids": (_duplicate_claim, "claims[8].id:", "duplicate claim id 'bn_faster' (also claims[0])"),
+    "duplicate claim ids": (_duplicate_claim, "claims[12].id:", "duplicate claim id 'bn_faster' (also claims[0])"),
     # ---- grids, per-variant training overrides and the new layer options (the *_ext studies)
     "grid param the layer lacks": (
         _set(DROPOUT_GRID + ["layer"], 0), "studies.dropout_ext.grids[0].param:",

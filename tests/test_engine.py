@@ -192,3 +192,53 @@ def test_a_learning_rate_of_100_diverges_without_crashing(data):
     assert np.isnan(res.final["test_acc"]).all()
     first = res.diverged_epoch.min() - 1
     assert np.isfinite(res.history["train_loss"][:first]).all()
+
+
+CNN = [{"conv2d": {"filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu",
+                   "kernel_initializer": "glorot_uniform", "use_bias": True}},
+       {"batch_norm": BN}, {"spatial_dropout2d": {"rate": 0.3}}, {"max_pooling2d": {"pool_size": 2}},
+       {"flatten": {}}, {"dense": {**DENSE, "units": 10, "activation": "softmax"}}]
+RNN = [{"dropout": {"rate": 0.2}}, {"lstm": {"units": 8, "return_sequences": False, "dropout": 0.2, "recurrent_dropout": 0.2}},
+       {"batch_norm": BN}, HEAD]
+
+
+@pytest.mark.parametrize(
+    "layers, dataset",
+    [(CNN, {"generator": "load_digits", "params": {"n_samples": 200, "random_state": 1}, "n_train": 100}),
+     (RNN, {"generator": "make_sequences", "params": {"n_samples": 120, "length": 10, "noise": 0.5, "n_classes": 2,
+                                                      "random_state": 1}, "n_train": 60})],
+    ids=["cnn-softmax", "lstm-sigmoid"],
+)
+def test_cnn_and_lstm_seeds_train_the_same_alone_or_in_a_chunk(layers, dataset):
+    data = make_dataset(dataset)
+    s = spec(layers, epochs=3)
+    chunk = train(s, data, [0, 4])
+    alone = train(s, data, [4])
+    for metric, values in chunk.history.items():
+        np.testing.assert_allclose(values[:, 1], alone.history[metric][:, 0], rtol=1e-4, atol=1e-5, err_msg=metric)
+    assert chunk.prob is None  # no decision boundary to draw for images and sequences
+    assert np.all((chunk.final["test_acc"] >= 0) & (chunk.final["test_acc"] <= 1))
+
+
+def test_multiclass_loss_and_accuracy_follow_softmax_cross_entropy():
+    net = ReplicaNet([{"dense": {**DENSE, "units": 3, "activation": "softmax"}}], 4, [0, 1])
+    x = torch.randn(2, 5, 4)
+    y = torch.tensor([[0, 1, 2, 1, 0], [2, 2, 1, 0, 0]], dtype=torch.float32)
+    logits = net(x)
+    assert logits.shape == (2, 5, 3)
+    for r in range(2):
+        torch.testing.assert_close(net.losses(logits, y)[r], F.cross_entropy(logits[r], y[r].long()))
+        assert net.correct(logits, y)[r] == (logits[r].argmax(-1) == y[r].long()).sum()
+
+
+def test_label_flips_change_labels_at_the_rate_asked_and_afresh_each_epoch(data):
+    from reglab.module import ReplicaClassifier
+
+    s = spec(MLP_BN)
+    s["training"]["label_flip"] = 0.3
+    module = ReplicaClassifier(s, [0, 1], data)
+    first, second = module.epoch_targets(), module.epoch_targets()
+    clean = module.y_train.expand(2, -1)
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    assert (first != clean).float().mean().item() == pytest.approx(0.3, abs=0.12)
+    assert not torch.equal(first, second)

@@ -3,6 +3,7 @@
 import base64
 
 import matplotlib.colors
+from matplotlib.collections import QuadMesh
 import numpy as np
 import pandas as pd
 import pytest
@@ -152,3 +153,89 @@ def test_fig_grid_linear_axis_missing_points_and_no_baseline():
     assert len(curve) == 1 and list(curve[0].get_xdata()) == [0.0, 0.2, 0.3]
     assert not ax.patches
     png_bytes(plots.fig_to_data_uri(fig))
+
+
+# --------------------------------------------------------------------------- crowded studies, diverged seeds
+def _rows_of_panels(fig):
+    """Visible panels per row of a panel grid, top to bottom."""
+    rows = {}
+    for ax in fig.axes:
+        if ax.get_visible() and ax.get_subplotspec() is not None:
+            rows.setdefault(ax.get_subplotspec().rowspan.start, []).append(ax)
+    return [len(rows[k]) for k in sorted(rows)]
+
+
+@pytest.mark.parametrize("n", [1, 4, 7, 8, 13])
+def test_small_multiples_and_boundaries_cap_panels_per_row(data, n):
+    variants = [f"v{i}" for i in range(n)]
+    rows = _rows_of_panels(plots.fig_small_multiples(curves_frame(variants, 10), variants))
+    assert sum(rows) == n and max(rows) <= plots.MAX_PANELS_PER_ROW
+    g = np.linspace(-1.5, 1.5, 8)
+    prob = np.full((8, 8), 0.3)
+    boundaries = {v: (g, g, prob, 5) for v in variants}
+    rows = _rows_of_panels(plots.fig_decision_boundaries(boundaries, data, variants))
+    assert sum(rows) == n and max(rows) <= plots.MAX_PANELS_PER_ROW
+
+
+def test_learning_curves_skip_nan_epochs():
+    """A variant whose every seed diverged at epoch 21 has all-NaN means from there; another has NaN gaps."""
+    variants = ["a", "b"]
+    curves = curves_frame(variants, 40)
+    late = (curves["variant"] == "b") & (curves["epoch"] > 20)
+    curves.loc[late, [c for c in curves.columns if c.endswith(("_mean", "_std"))]] = np.nan
+    curves.loc[(curves["variant"] == "a") & (curves["epoch"] == 5), "test_acc_mean"] = np.nan
+    curves.loc[(curves["variant"] == "a") & (curves["epoch"] == 6), "test_acc_std"] = np.nan
+    fig = plots.fig_learning_curves(curves, variants)
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            assert np.isfinite(line.get_ydata()).all()
+        for band in ax.collections:
+            assert np.isfinite(band.get_paths()[0].vertices).all()
+    train_acc, test_acc = fig.axes[0].get_lines(), fig.axes[1].get_lines()
+    assert list(train_acc[1].get_xdata()) == list(range(1, 21))  # b: epochs without a finite mean dropped
+    assert 5 not in list(test_acc[0].get_xdata()) and len(test_acc[0].get_xdata()) == 39
+    small = plots.fig_small_multiples(curves, variants)
+    assert max(small.axes[1].get_lines()[0].get_xdata()) == 20
+    png_bytes(plots.fig_to_data_uri(fig))
+    png_bytes(plots.fig_to_data_uri(small))
+
+
+def test_curves_with_every_epoch_nan_still_render():
+    curves = curves_frame(["a"], 10)
+    curves[[c for c in curves.columns if c.endswith("_mean")]] = np.nan
+    for fig in (plots.fig_learning_curves(curves, ["a"]), plots.fig_small_multiples(curves, ["a"])):
+        curves_drawn = [line for ax in fig.axes for line in ax.get_lines()
+                        if line.get_linestyle() != ":"]  # not the dotted 80% line
+        assert curves_drawn and all(len(line.get_xdata()) == 0 for line in curves_drawn)
+        png_bytes(plots.fig_to_data_uri(fig))
+
+
+def test_decision_boundaries_with_nan_and_every_seed_diverged(data):
+    g = np.linspace(-1.5, 1.5, 20)
+    prob = 1 / (1 + np.exp(-8 * (0.75 - np.hypot(*np.meshgrid(g, g)))))
+    holes = prob.copy()
+    holes[:3, :] = np.nan  # grid points NaN in every kept seed: drawn blank
+    boundaries = {"ok": (g, g, holes, 4, 1), "gone": (g, g, np.full_like(prob, np.nan), 0, 5), "old": (g, g, prob, 5)}
+    fig = plots.fig_decision_boundaries(boundaries, data, ["ok", "gone", "old"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["ok (mean of 4 seeds, 1 diverged)", "gone (mean of 0 seeds, 5 diverged)", "old (mean of 5 seeds)"]
+    gone = [ax for ax in fig.axes if ax.get_title().startswith("gone")][0]
+    assert [t.get_text() for t in gone.texts] == ["every seed diverged"]
+    assert not [c for c in gone.collections if isinstance(c, QuadMesh)]  # no image, only the data points
+    png_bytes(plots.fig_to_data_uri(fig))
+
+
+def test_final_distribution_skips_nan_and_stacks_when_wide():
+    few, many = ["a", "b", "c"], [f"variant_{i}" for i in range(8)]
+    for variants, side in ((few, True), (many, False)):
+        per_seed = pd.DataFrame({"variant": np.repeat(variants, 5),
+                                 "final_test_acc": np.linspace(0.7, 0.85, 5 * len(variants)),
+                                 "final_train_acc": np.linspace(0.9, 1.0, 5 * len(variants))})
+        per_seed.loc[per_seed.index[::5], ["final_test_acc", "final_train_acc"]] = np.nan  # a diverged seed each
+        fig = plots.fig_final_distribution(per_seed, variants)
+        assert fig.get_figwidth() <= plots.MAX_WIDTH
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert len({ax.get_subplotspec().rowspan.start for ax in axes}) == (1 if side else 2)
+        points = [c for c in axes[0].collections if c.get_offsets().shape[0] == 4]
+        assert len(points) == len(variants)  # 4 finite seeds per variant drawn
+        png_bytes(plots.fig_to_data_uri(fig))

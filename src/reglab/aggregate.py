@@ -17,7 +17,9 @@
 
 Variants keep the order in which they first appear in ``run_dirs``. Accuracy comparisons with
 the threshold allow 1e-6 of float32 round-off. A missing, truncated or malformed results file
-raises one :class:`ResultsError` naming the file and the problem.
+raises one :class:`ResultsError` naming the file and the problem; so do a ``meta.json`` of another
+``schema_version`` than :data:`SCHEMA_VERSION` and jobs of one variant whose ``config_hash``es differ
+(results of different configs, which must not be mixed: the message names both ``meta.json`` files).
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ from .stats import mean_ci
 HISTORY_COLUMNS = ("study", "variant", "seed", "epoch", "train_loss", "train_acc", "test_loss",
                    "test_acc", "epoch_time_s")
 FINAL_COLUMNS = ("study", "variant", "seed", "train_loss", "train_acc", "test_loss", "test_acc")
-META_KEYS = ("study", "variant", "chunk", "seeds", "fit_time_s", "peak_rss_mb", "threads")
+META_KEYS = ("schema_version", "study", "variant", "chunk", "seeds", "fit_time_s", "peak_rss_mb", "threads")
+#: the run-directory format this module reads (``reglab.results.SCHEMA_VERSION`` writes it; a test
+#: keeps the two equal without importing torch here)
+SCHEMA_VERSION = 1
 CURVE_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 PER_SEED_COLUMNS = ("study", "variant", "chunk", "seed", "n_epochs", "final_train_acc",
                     "final_test_acc", "final_train_loss", "final_test_loss", "generalisation_gap",
@@ -69,8 +74,7 @@ class ResultsError(ValueError):
 # --------------------------------------------------------------------------- reading
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read a results CSV, check its columns and numeric values; ResultsError on any problem."""
-    if not path.is_file():
-        raise ResultsError(f"{path}: results file is missing")
+    _check_complete(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -85,6 +89,23 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     for col in columns[2:]:
         df[col] = _numeric(df[col], path, col)
     return df
+
+
+def _check_complete(path: Path) -> None:
+    """A results CSV exists, is not empty and ends with a newline (as pandas writes it): a file cut
+    off mid-line is refused even where its last line happens to parse."""
+    if not path.is_file():
+        raise ResultsError(f"{path}: results file is missing")
+    try:
+        with path.open("rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                raise ResultsError(f"{path}: results file is empty")
+            fh.seek(-1, os.SEEK_END)
+            last = fh.read(1)
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if last != b"\n":
+        raise ResultsError(f"{path}: the last line is incomplete (no final newline; truncated?)")
 
 
 def _numeric(raw: pd.Series, path: Path, col: str) -> pd.Series:
@@ -116,14 +137,40 @@ def _read_meta(path: Path) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path}: not valid JSON ({exc}) (truncated?)") from None
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(meta, dict):
         raise ResultsError(f"{path}: expected a JSON object")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ResultsError(f"{path}: missing keys {missing}")
+    version = meta["schema_version"]
+    if not _is_int(version) or version != SCHEMA_VERSION:
+        raise ResultsError(f"{path}: schema_version {version!r}, but this reglab reads schema_version "
+                           f"{SCHEMA_VERSION} (written by another version: rerun its training job)")
     if not isinstance(meta["seeds"], list) or not meta["seeds"]:
         raise ResultsError(f"{path}: 'seeds' must be a non-empty list")
+    if not all(_is_int(s) and s >= 0 for s in meta["seeds"]):
+        raise ResultsError(f"{path}: 'seeds' must be non-negative integers, got {meta['seeds']!r}")
+    if not _is_int(meta["chunk"]) or meta["chunk"] < 0:
+        raise ResultsError(f"{path}: 'chunk' must be a non-negative integer, got {meta['chunk']!r}")
+    for key in ("fit_time_s", "threads"):
+        if not isinstance(meta[key], (int, float)) or isinstance(meta[key], bool):
+            raise ResultsError(f"{path}: {key!r} must be a number, got {meta[key]!r}")
+    if not isinstance(meta.get("config_hash", ""), str):
+        raise ResultsError(f"{path}: 'config_hash' must be a string, got {meta['config_hash']!r}")
     return meta
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _spec_epochs(meta: dict) -> int | None:
+    """The number of epochs the job's spec trains, when meta.json records its spec."""
+    spec = meta.get("spec")
+    epochs = spec.get("training", {}).get("epochs") if isinstance(spec, dict) else None
+    return epochs if _is_int(epochs) else None
 
 
 def _check_job(run_dir: Path, hist: pd.DataFrame, final: pd.DataFrame, meta: dict) -> None:
@@ -147,6 +194,10 @@ def _check_job(run_dir: Path, hist: pd.DataFrame, final: pd.DataFrame, meta: dic
         seed, row = bad.index[0], bad.iloc[0]
         raise ResultsError(f"{run_dir / 'history.csv'}: seed {seed} has {row['count']} rows for epochs "
                            f"{row['min']}..{row['max']}, expected epochs 1..{n_epochs} once each (truncated?)")
+    expected = _spec_epochs(meta)
+    if expected is not None and n_epochs != expected:
+        raise ResultsError(f"{run_dir / 'history.csv'}: epochs 1..{n_epochs}, but meta.json's spec trains "
+                           f"{expected} epochs (truncated?)")
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -267,17 +318,40 @@ def summary_row(ps: pd.DataFrame, rt: pd.DataFrame, epoch_times: list[tuple[np.n
     return row
 
 
+def _check_same_config(seen: dict, run_dir: Path, meta: dict) -> None:
+    """Refuse to mix jobs of one variant trained from different configs (their ``config_hash``)."""
+    variant, digest = str(meta["variant"]), meta.get("config_hash")
+    first = seen.setdefault(variant, (run_dir, digest))
+    if first[1] != digest:
+        raise ResultsError(
+            f"{run_dir / 'meta.json'}: config_hash {digest!r} differs from {first[1]!r} in "
+            f"{first[0] / 'meta.json'}: variant {variant!r} mixes results of different configs "
+            "(rerun the stale training jobs)")
+
+
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` via a temporary file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``df`` to ``path`` via a temporary file in the same directory and os.replace.
+
+    On any failure (disk full, read-only folder) the temporary file is removed, an existing ``path``
+    is left as it was, and the OSError names ``path``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             df.to_csv(fh, index=False)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
 
 
@@ -285,9 +359,10 @@ def aggregate_study(run_dirs: list[Path], outdir: Path, threshold: float = 0.80)
     """Read every job of one study and write finals/per_seed/curves/summary/runtime CSVs to outdir."""
     if not run_dirs:
         raise ResultsError(f"{outdir}: no run directories to aggregate")
-    hists, finals, per_seed, runtime, times = [], [], [], [], {}
+    hists, finals, per_seed, runtime, times, hashes = [], [], [], [], {}, {}
     for run_dir in map(Path, run_dirs):
         hist, final, meta = load_run(run_dir)
+        _check_same_config(hashes, run_dir, meta)
         n_seeds, chunk = len(meta["seeds"]), int(meta["chunk"])
         ps = seed_metrics(hist, final, n_seeds, threshold)
         ps.insert(0, "chunk", chunk)

@@ -1,7 +1,8 @@
 """Command line of the workflow's steps: ``python -m reglab <step> ...``; each rule calls one step.
 
 Bad arguments or unreadable inputs end with a one-line error naming the problem (exit status 2)
-before any work starts.
+before any work starts. A file that cannot be written or read (disk full, read-only folder) ends
+with a one-line error naming it (exit status 1); files already there are left as they were.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
+
+
+class UsageError(ValueError):
+    """An argument that parses but cannot be used (e.g. a spec without its keys), as one line."""
 
 
 def parse_json(text: str):
@@ -83,7 +88,24 @@ def now() -> str:
 def cmd_dataset(args: argparse.Namespace) -> None:
     from reglab.data import make_dataset, save_dataset
 
-    save_dataset(make_dataset(args.spec), args.out)
+    try:
+        data = make_dataset(args.spec)
+    except KeyError as exc:
+        raise UsageError(f"--spec: not a dataset spec (no key {exc})") from None
+    except (TypeError, ValueError) as exc:  # an unknown generator parameter or a bad value
+        raise UsageError(f"--spec: not a valid dataset spec ({exc})") from None
+    save_dataset(data, args.out)
+
+
+SPEC_KEYS = ("study", "variant", "dataset", "training", "layers")
+
+
+def check_specs(specs: list[dict]) -> None:
+    """Each training spec has the keys of a variant spec (reglab.config.variant_spec)."""
+    for i, spec in enumerate(specs):
+        missing = [key for key in SPEC_KEYS if key not in spec]
+        if missing:
+            raise UsageError(f"--spec: spec {i} is not a variant spec (missing keys {missing})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -91,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from reglab.results import write_run
     from reglab.train import train
 
+    check_specs(args.spec)
     data = load_dataset(args.dataset)
     for spec in args.spec:  # a pack of variants shares this process's start-up
         started = now()
@@ -108,12 +131,19 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from reglab.config import validate_config
     from reglab.provenance import git_state, machine, versions
     from reglab.report import render_report
 
+    validate_config(args.config, source="--config")  # a ConfigError names the key path
     info = {}
     if args.run_info is not None and args.run_info.is_file():
-        info = json.loads(args.run_info.read_text())
+        try:
+            info = json.loads(args.run_info.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--run-info {args.run_info}: not valid JSON ({exc})") from None
+        if not isinstance(info, dict):
+            raise UsageError(f"--run-info {args.run_info}: must be a JSON object")
     finished = dt.datetime.now(dt.timezone.utc)
     prov = {
         "command": info.get("command", "unknown"),
@@ -174,9 +204,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (ConfigError, DataError, ResultsError) as exc:
+    except (UsageError, ConfigError, DataError, ResultsError) as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, ...: one line naming the file
+        path = exc.filename2 or exc.filename  # os.replace(tmp, path) names path second
+        where = f"{path}: " if path else ""
+        print(f"{parser.prog} {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,8 +16,11 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from reglab.shapes import ShapeError, dataset_input, head_error, output_shape
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-LAYER_TYPES = ("dense", "batch_norm", "dropout", "gaussian_noise", "activation")
+LAYER_TYPES = ("dense", "batch_norm", "dropout", "gaussian_noise", "activation", "conv2d", "max_pooling2d",
+               "flatten", "spatial_dropout2d", "lstm")
 
 
 class ConfigError(ValueError):
@@ -280,12 +283,11 @@ def _cross_reference_errors(config: dict):
         if study["dataset"] not in datasets:
             yield (["studies", name, "dataset"],
                    f"unknown dataset {study['dataset']!r} (defined: {', '.join(datasets)})")
+        if study["dataset"] not in datasets:
+            continue
+        shape, n_classes = dataset_input(datasets[study["dataset"]])
         for variant, layers in study["variants"].items():
-            last = layers[-1].get("dense", {})
-            if last.get("units") != 1 or last.get("activation") != "sigmoid":
-                yield (["studies", name, "variants", variant, len(layers) - 1],
-                       "the last layer must be dense with units: 1 and activation: sigmoid "
-                       f"(every model is a binary classifier), got {layers[-1]}")
+            yield from _shape_errors(["studies", name, "variants", variant], layers, shape, n_classes)
     for name, study in studies.items():
         for g, grid in enumerate(study.get("grids", [])):
             if grid["id"] in study["variants"] and grid["id"] not in grid["variants"]:
@@ -304,6 +306,20 @@ def _cross_reference_errors(config: dict):
             if key in claim and claim[key] not in variants:
                 yield (["claims", i, key], f"unknown variant {claim[key]!r} in study {claim['study']!r} "
                        f"(defined: {', '.join(variants)})")
+
+
+def _shape_errors(path: list, layers: list[dict], shape: tuple[int, ...], n_classes: int):
+    """Yield (key path, message) where a layer cannot take its input or the head cannot classify."""
+    for i, layer in enumerate(layers):
+        (kind, params), = layer.items()
+        try:
+            shape = output_shape(kind, params, shape)
+        except ShapeError as exc:
+            yield [*path, i], str(exc)
+            return
+    message = head_error(layers, shape, n_classes)
+    if message:
+        yield [*path, len(layers) - 1], message
 
 
 def seeds_for(config: dict, study: str) -> list[int]:

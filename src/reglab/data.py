@@ -25,7 +25,7 @@ def load_digits(n_samples: int = 1797, random_state: int | None = None) -> tuple
 def make_sequences(
     n_samples: int = 1000,
     length: int = 40,
-    noise: float = 0.5,
+    noise: float = 1.3,
     n_classes: int = 2,
     random_state: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +36,11 @@ def make_sequences(
     random phase and amplitude in [0.7, 1.3], plus N(0, noise^2) per step. With a random phase
     every class has (nearly) the same distribution of values, so a model must use their order.
     Returns x ``[n_samples, length, 1]`` and y the class index.
+
+    Calibration (two classes, length 40, 500 training sequences, Adam 1e-3, batch 32): a 32-unit
+    LSTM (4 seeds) reaches ~90-92% test accuracy by epoch 20-40 at noise 1.3, then slowly
+    overfits (train ~97%, test ~89-90% at epoch 100); at epoch 100, noise 1.25 gives ~92% test,
+    1.5 ~83%, 0.5 ~99.7%.
     """
     rng = np.random.default_rng(random_state)
     y = rng.permutation(np.arange(n_samples) % n_classes)

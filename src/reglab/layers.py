@@ -19,6 +19,7 @@ ACTIVATIONS = {
     "relu": torch.relu,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
+    "softmax": lambda x: torch.softmax(x, dim=-1),
 }
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from reglab import conv, recurrent
 from reglab import layers as L
+from reglab.shapes import output_shape
 
 # Independent random streams derived from each seed.
 STREAM_INIT, STREAM_SHUFFLE, STREAM_NOISE = 0, 1, 2
@@ -18,40 +21,58 @@ def seed_generator(seed: int, stream: int, device: str | torch.device = "cpu") -
     return torch.Generator(device=device).manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def build_layer(spec: dict, replicas: int, in_features: int) -> tuple[nn.Module, int]:
-    """One layer from its ``{kind: params}`` spec; returns it and its output width."""
+LAYERS = {
+    "dense": L.Dense,
+    "batch_norm": L.BatchNorm,
+    "dropout": L.Dropout,
+    "gaussian_noise": L.GaussianNoise,
+    "activation": L.Activation,
+    "conv2d": conv.Conv2D,
+    "max_pooling2d": conv.MaxPooling2D,
+    "flatten": conv.Flatten,
+    "spatial_dropout2d": conv.SpatialDropout2D,
+    "lstm": recurrent.LSTM,
+}
+
+
+def build_layer(spec: dict, replicas: int, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+    """One layer from its ``{kind: params}`` spec and its input's per-sample shape (see
+    :mod:`reglab.shapes`); returns the layer and its output's per-sample shape."""
     (kind, params), = spec.items()
-    if kind == "dense":
-        layer = L.Dense(replicas, in_features, **params)
-        return layer, params["units"]
-    if kind == "batch_norm":
-        return L.BatchNorm(replicas, in_features, **params), in_features
-    if kind == "dropout":
-        return L.Dropout(**params), in_features
-    if kind == "gaussian_noise":
-        return L.GaussianNoise(**params), in_features
-    if kind == "activation":
-        return L.Activation(**params), in_features
-    raise ValueError(f"unknown layer {kind!r}")
+    out = output_shape(kind, params, shape)
+    if kind == "batch_norm":  # feature maps normalise each channel (axis 2), others the last axis
+        maps = len(shape) == 3
+        return L.BatchNorm(replicas, shape[0] if maps else shape[-1], axis=2 if maps else -1, **params), out
+    if kind in ("dense", "conv2d"):  # input features / channels
+        return LAYERS[kind](replicas, shape[0], **params), out
+    if kind == "lstm":  # sequences (time, features)
+        return LAYERS[kind](replicas, shape[1], **params), out
+    return LAYERS[kind](**params), out
 
 
 class ReplicaNet(nn.Module):
-    """S replicas of a sequential network; ``forward`` maps ``[S, B, in]`` to logits ``[S, B]``.
+    """S replicas of a sequential classifier; ``forward`` maps ``[S, B, *input]`` to logits.
 
-    The final ``Dense(1, sigmoid)`` returns its pre-activation (the logit); the sigmoid is applied
-    by the loss (binary cross-entropy with logits) and by :meth:`predict_proba`.
+    The head is ``Dense(1, sigmoid)`` (binary: logits ``[S, B]``) or ``Dense(K, softmax)``
+    (K classes: logits ``[S, B, K]``). It returns its pre-activation; the sigmoid/softmax is applied
+    by the loss (cross-entropy from logits, as Keras computes it) and by :meth:`predict_proba`.
     """
 
-    def __init__(self, layer_specs: list[dict], in_features: int, seeds: list[int]) -> None:
+    def __init__(self, layer_specs: list[dict], input_shape: int | tuple[int, ...], seeds: list[int]) -> None:
         super().__init__()
         self.seeds = [int(s) for s in seeds]
-        built, width = [], in_features
+        built, shape = [], (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         for spec in layer_specs:
-            layer, width = build_layer(spec, len(self.seeds), width)
+            layer, shape = build_layer(spec, len(self.seeds), shape)
             built.append(layer)
         *body, head = built
-        if not isinstance(head, L.Dense) or head.activation != "sigmoid" or width != 1:
-            raise ValueError("the last layer must be dense with 1 unit and sigmoid activation")
+        binary = isinstance(head, L.Dense) and head.activation == "sigmoid" and shape == (1,)
+        multiclass = isinstance(head, L.Dense) and head.activation == "softmax" and shape[0] >= 2
+        if not (binary or multiclass):
+            raise ValueError("the last layer must be dense with 1 unit and sigmoid activation, "
+                             "or K >= 2 units and softmax activation")
+        self.binary = binary
+        self.n_classes = 2 if binary else shape[0]
         self.body = nn.Sequential(*body)
         self.head = head
         self.constrained = [m for m in self.modules() if isinstance(m, L.Dense) and m.constrained]
@@ -66,7 +87,7 @@ class ReplicaNet(nn.Module):
         """Initialise every replica's weights from its seed alone (layer by layer, in order)."""
         gens = [seed_generator(s, STREAM_INIT) for s in self.seeds]
         for module in self.modules():
-            if isinstance(module, L.Dense):
+            if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters(gens)
 
     def reset_noise(self, device: str | torch.device = "cpu") -> None:
@@ -78,7 +99,21 @@ class ReplicaNet(nn.Module):
                 module.generators = gens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.linear(self.body(x)).squeeze(-1)
+        logits = self.head.linear(self.body(x))
+        return logits.squeeze(-1) if self.binary else logits
+
+    def losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each replica's mean cross-entropy ``[S]``; ``y`` holds labels (class indices) ``[S, B]``."""
+        if self.binary:
+            per_sample = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        else:
+            per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten().long(), reduction="none").view_as(y)
+        return per_sample.mean(dim=1)
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each replica's count of correct predictions ``[S]`` (Keras: probability > 0.5, or argmax)."""
+        predicted = (logits > 0).float() if self.binary else logits.argmax(dim=-1).float()
+        return (predicted == y).sum(dim=1).float()
 
     def constrain_(self) -> None:
         """Apply every Dense layer's kernel constraint (after each weight update)."""

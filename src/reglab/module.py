@@ -12,7 +12,6 @@ import time
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import math
@@ -49,12 +48,12 @@ class ReplicaClassifier(pl.LightningModule):
         self.gradient_noise_gamma = float(gradient_noise.get("gamma", 0.55))
         self.updates = 0
         x_train = torch.as_tensor(data["x_train"], dtype=torch.float32)
-        self.net = ReplicaNet(spec["layers"], x_train.shape[1], seeds)
+        self.net = ReplicaNet(spec["layers"], tuple(x_train.shape[1:]), seeds)
         s = self.net.replicas
         self.register_buffer("x_train", x_train, persistent=False)
         self.register_buffer("y_train", torch.as_tensor(data["y_train"], dtype=torch.float32), persistent=False)
         x_test = torch.as_tensor(data["x_test"], dtype=torch.float32)
-        self.register_buffer("x_test", x_test.expand(s, -1, -1).contiguous(), persistent=False)
+        self.register_buffer("x_test", x_test.expand(s, *x_test.shape).contiguous(), persistent=False)
         self.register_buffer("y_test", torch.as_tensor(data["y_test"], dtype=torch.float32).expand(s, -1), persistent=False)
         self.register_buffer("orders", shuffle_orders(seeds, self.epochs, len(x_train)), persistent=False)
         self.history = {m: torch.full((self.epochs, s), float("nan")) for m in HISTORY_METRICS}
@@ -85,7 +84,7 @@ class ReplicaClassifier(pl.LightningModule):
             idx = order[:, lo : lo + self.batch_size]
             xb, yb = self.x_train[idx], targets.gather(1, idx)
             logits = self.net(xb)
-            losses = F.binary_cross_entropy_with_logits(logits, yb, reduction="none").mean(dim=1)
+            losses = self.net.losses(logits, yb)
             opt.zero_grad(set_to_none=False)
             self.manual_backward(losses.sum())
             if self.gradient_noise_eta > 0:
@@ -97,7 +96,7 @@ class ReplicaClassifier(pl.LightningModule):
             self.updates += 1
             with torch.no_grad():
                 loss_sum += losses.detach() * idx.shape[1]
-                correct += ((logits > 0) == (yb > 0.5)).sum(dim=1)
+                correct += self.net.correct(logits, yb)
         test_loss, test_acc = self.evaluate(self.x_test, self.y_test)
         h = self.history
         h["train_loss"][epoch] = (loss_sum / n).cpu()
@@ -120,12 +119,17 @@ class ReplicaClassifier(pl.LightningModule):
                 self.history[metric][epoch, diverged] = float("nan")
 
     def epoch_targets(self) -> torch.Tensor:
-        """Training labels ``[S, N]`` for one epoch: each flipped with probability ``label_flip``, afresh."""
+        """Training labels ``[S, N]`` for one epoch: each flipped with probability ``label_flip``, afresh
+        (to the other class; with K classes, to one of the K - 1 others at random)."""
         y = self.y_train.expand(self.net.replicas, -1)
         if self.label_flip <= 0:
             return y
-        flips = draw_per_replica(y, self.net.noise_generators, "uniform_").lt_(self.label_flip)
-        return (y - flips).abs_()
+        u = draw_per_replica(y, self.net.noise_generators, "uniform_")
+        flips = u < self.label_flip
+        k = self.net.n_classes
+        # u / label_flip is uniform on [0, 1) given a flip: it picks the new class
+        other = (y + 1 + torch.floor(u / self.label_flip * (k - 1))) % k
+        return torch.where(flips, other, y)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +138,4 @@ class ReplicaClassifier(pl.LightningModule):
         self.net.eval()
         logits = self.net(x)
         self.net.train(was_training)
-        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=1)
-        acc = ((logits > 0) == (y > 0.5)).float().mean(dim=1)
-        return loss, acc
+        return self.net.losses(logits, y), self.net.correct(logits, y) / y.shape[1]

@@ -5,6 +5,8 @@ fixed sizes, with the colour-blind-safe Okabe-Ito palette; :func:`variant_colors
 variant the same colour in every figure of a study. ``curves`` is the wide ``curves.csv`` of
 :mod:`reglab.aggregate` (``variant, epoch, {metric}_mean, {metric}_std``); ``per_seed`` is
 ``per_seed.csv``. Long curves are downsampled to at most ``max_points`` epochs for drawing.
+Metrics may be NaN (a diverged seed's, or every seed's once all diverged): curves skip epochs with
+no finite mean, per-seed plots skip NaN values, and boundaries may hold NaN (drawn blank).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ CLASS_MARKERS = ("o", "^")
 PROB_CMAP = LinearSegmentedColormap.from_list("reglab_prob", [CLASS_COLORS[0], "#f7f7f7", CLASS_COLORS[1]])
 DPI = 100
 MAX_POINTS = 400
+#: most panels side by side in a grid of panels (small multiples, decision boundaries)
+MAX_PANELS_PER_ROW = 3
+#: widest figure in inches (the report shows figures at most about 11.5 in wide at 100 dpi)
+MAX_WIDTH = 12.0
 
 
 def variant_colors(variant_names) -> dict[str, str]:
@@ -51,21 +57,32 @@ def downsample_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
 
 
 def _variant_curve(curves: pd.DataFrame, variant: str, max_points: int) -> pd.DataFrame:
-    """One variant's curve rows, sorted by epoch and downsampled."""
-    c = curves[curves["variant"].astype(str) == str(variant)].sort_values("epoch")
+    """One variant's curve rows, sorted by epoch, epochs without any finite mean dropped, downsampled.
+
+    Mean and std columns are made numeric with non-finite values as NaN.
+    """
+    c = curves[curves["variant"].astype(str) == str(variant)].copy()
+    stats = [col for col in c.columns if col.endswith(("_mean", "_std"))]
+    for col in stats:
+        c[col] = pd.to_numeric(c[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    means = [col for col in stats if col.endswith("_mean")]
+    if means:
+        c = c[c[means].notna().any(axis=1)]
+    c = c.sort_values("epoch")
     return c.iloc[downsample_index(len(c), max_points)]
 
 
 def _band(ax, c: pd.DataFrame, metric: str, color: str, label=None, ls: str = "-") -> None:
-    """Mean line with a +-1 std band (no band where std is undefined)."""
-    x = c["epoch"].to_numpy(float)
-    m = c[f"{metric}_mean"].to_numpy(float)
-    s = np.nan_to_num(c[f"{metric}_std"].to_numpy(float))
+    """Mean line with a +-1 std band (no band where std is undefined); epochs with a NaN mean are skipped."""
+    ok = np.isfinite(c[f"{metric}_mean"].to_numpy(float))
+    x = c["epoch"].to_numpy(float)[ok]
+    m = c[f"{metric}_mean"].to_numpy(float)[ok]
+    s = np.nan_to_num(c[f"{metric}_std"].to_numpy(float)[ok], nan=0.0, posinf=0.0, neginf=0.0)
     ax.plot(x, m, color=color, lw=1.4, ls=ls, label=label)
     ax.fill_between(x, m - s, m + s, color=color, alpha=0.18, lw=0)
 
 
-def _grid(n: int, ncols_max: int = 3, w: float = 3.6, h: float = 3.0, **kw):
+def _grid(n: int, ncols_max: int = MAX_PANELS_PER_ROW, w: float = 3.6, h: float = 3.0, **kw):
     """A Figure with a grid of n panels (extra panels hidden); returns (fig, flat axes)."""
     ncols = max(1, math.ceil(n / math.ceil(n / ncols_max)))  # balanced rows: 4 -> 2x2, 5 -> 3+2
     nrows = max(1, math.ceil(n / ncols))
@@ -123,13 +140,14 @@ def fig_learning_curves(curves: pd.DataFrame, variants, colors=None, max_points:
     axes[1, 0].set_ylabel("loss")
     for ax in axes.ravel():
         ax.grid(alpha=0.3)
-    fig.legend(loc="outside upper center", ncols=min(len(variants), 4), frameon=False)
+    fig.legend(loc="outside upper center", ncols=max(1, min(len(variants), 4)), frameon=False)
     return fig
 
 
 def fig_small_multiples(curves: pd.DataFrame, variants, colors=None, max_points: int = MAX_POINTS,
                         threshold: float = 0.80) -> Figure:
-    """One panel per variant: train (dashed) and test (solid) accuracy, mean +- std."""
+    """One panel per variant: train (dashed) and test (solid) accuracy, mean +- std; at most
+    :data:`MAX_PANELS_PER_ROW` panels per row."""
     colors = colors or variant_colors(variants)
     fig, axes = _grid(len(variants), sharex=True, sharey=True)
     for ax, v in zip(axes, variants):
@@ -149,14 +167,22 @@ def fig_small_multiples(curves: pd.DataFrame, variants, colors=None, max_points:
 
 def fig_final_distribution(per_seed: pd.DataFrame, variants, colors=None,
                            metrics=("final_train_acc", "final_test_acc")) -> Figure:
-    """Box plot plus every seed as a jittered point, one panel per metric."""
+    """Box plot plus every seed as a jittered point (NaN values skipped), one panel per metric.
+
+    Panels sit side by side while that fits :data:`MAX_WIDTH`, else one above the other.
+    """
     colors = colors or variant_colors(variants)
-    fig = Figure(figsize=(max(6.0, 1.1 * len(variants) * len(metrics) + 2), 4.2), dpi=DPI, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    panel = max(3.0, 1.1 * len(variants) + 1)
+    side = panel * len(metrics) <= MAX_WIDTH
+    size = (max(6.0, panel * len(metrics)), 4.2) if side else (min(MAX_WIDTH, panel), 3.6 * len(metrics))
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1 if side else len(metrics), len(metrics) if side else 1, sharey=True,
+                                      squeeze=False)).ravel()
     rng = np.random.default_rng(0)
     for ax, metric in zip(axes, metrics):
-        vals = [per_seed.loc[per_seed["variant"].astype(str) == str(v), metric].dropna().to_numpy(float)
-                for v in variants]
+        vals = [pd.to_numeric(per_seed.loc[per_seed["variant"].astype(str) == str(v), metric], errors="coerce")
+                .to_numpy(float) for v in variants]
+        vals = [x[np.isfinite(x)] for x in vals]
         pos = np.arange(1, len(variants) + 1)
         keep = [i for i, x in enumerate(vals) if x.size]
         bp = ax.boxplot([vals[i] for i in keep], positions=pos[keep], widths=0.55, showfliers=False,
@@ -171,27 +197,39 @@ def fig_final_distribution(per_seed: pd.DataFrame, variants, colors=None,
                       rotation_mode="anchor")
         ax.set_title(metric.replace("_", " "))
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("accuracy")
+    for ax in axes if not side else axes[:1]:
+        ax.set_ylabel("accuracy")
     return fig
 
 
 def fig_decision_boundaries(boundaries: dict, data: dict, variants) -> Figure:
     """Per variant: mean predicted P(class 1) over seeds as an image, the 0.5 contour, and points.
 
-    ``boundaries[variant] = (grid_x [G], grid_y [G], prob [G, G], n_seeds)`` with ``prob[i, j]`` at
-    ``(grid_x[j], grid_y[i])``; variants without a boundary are skipped.
+    ``boundaries[variant] = (grid_x [G], grid_y [G], prob [G, G], n_seeds[, n_diverged])`` with
+    ``prob[i, j]`` at ``(grid_x[j], grid_y[i])``; variants without a boundary are skipped. NaN
+    probabilities are drawn blank; a variant whose every seed diverged (all NaN) gets a panel saying so.
+    At most :data:`MAX_PANELS_PER_ROW` panels per row.
     """
     shown = [v for v in variants if v in boundaries]
     fig, axes = _grid(max(1, len(shown)), w=3.4, h=3.0, sharex=True, sharey=True)
     image = None
     for ax, v in zip(axes, shown):
-        gx, gy, prob, n = boundaries[v]
-        image = ax.pcolormesh(gx, gy, prob, cmap=PROB_CMAP, vmin=0, vmax=1, shading="nearest", rasterized=True)
-        if np.nanmin(prob) < 0.5 < np.nanmax(prob):
-            ax.contour(gx, gy, prob, levels=[0.5], colors="black", linewidths=1.0)
+        gx, gy, prob, n, *rest = boundaries[v]
+        diverged = int(rest[0]) if rest else 0
+        prob = np.ma.masked_invalid(np.asarray(prob, dtype=float))
+        if prob.count():
+            image = ax.pcolormesh(gx, gy, prob, cmap=PROB_CMAP, vmin=0, vmax=1, shading="nearest", rasterized=True)
+            if prob.min() < 0.5 < prob.max():
+                ax.contour(gx, gy, prob, levels=[0.5], colors="black", linewidths=1.0)
+        else:
+            ax.text(0.5, 0.5, "every seed diverged", ha="center", va="center", transform=ax.transAxes,
+                    bbox=dict(facecolor="white", edgecolor="grey"), zorder=5)
         _points(ax, np.asarray(data["x_train"]), data["y_train"], filled=True, size=10)
         _points(ax, np.asarray(data["x_test"]), data["y_test"], filled=False, size=10)
-        ax.set_title(f"{_label(v)} (mean of {n} seeds)", fontsize="medium")
+        extra = f", {diverged} diverged" if diverged else ""
+        note = f"(mean of {n} seeds{extra})"
+        sep = "\n" if len(str(v)) + len(note) > 34 else " "  # long titles wrap instead of running into the next panel
+        ax.set_title(f"{_label(v)}{sep}{note}", fontsize="medium")
         ax.set_aspect("equal", adjustable="box")
     if image is not None:
         fig.colorbar(image, ax=list(axes), shrink=0.8, label="P(class 1)")

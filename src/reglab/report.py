@@ -6,6 +6,12 @@
 (``boundary.npz``, ``meta.json``), the published YAML named by ``config["published"]`` (relative
 to the CWD; its section is skipped when absent) and checks ``config["claims"]``. Figures are
 inlined as PNG ``data:`` URIs and the CSS is inlined, so the page loads nothing from outside.
+
+In a study with grids the per-variant figures show only its explicit variants and each grid's
+baseline (:func:`figure_variants` states the rule); grid points are drawn by the grid figures and
+listed in the summary under a collapsed "Grid points (N)". Seeds that diverged (summary.csv's
+optional ``diverged`` count, NaN metrics and boundaries) are shown as "n (+k diverged)" and left
+out of the figures' means.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -114,7 +121,12 @@ def _run_dirs(runs_dir: Path, variant: str) -> list[Path]:
 
 
 def load_boundaries(runs_dir: Path, variants) -> dict:
-    """variant -> (grid_x, grid_y, mean prob over all seeds, n seeds); variants without data skipped."""
+    """variant -> (grid_x, grid_y, mean prob, n seeds averaged, n diverged seeds); variants without data skipped.
+
+    A seed whose probabilities are all non-finite (its weights went NaN: a diverged seed) is left
+    out of the mean and counted as diverged; the others are averaged with ``nanmean`` per grid
+    point. When every seed diverged the mean is all NaN and n is 0.
+    """
     out = {}
     for v in variants:
         probs, grid = [], None
@@ -126,7 +138,12 @@ def load_boundaries(runs_dir: Path, variants) -> dict:
                     probs.append(np.asarray(b["prob"], dtype=np.float64))
         if probs:
             p = np.concatenate(probs)
-            out[v] = (grid[0], grid[1], p.mean(axis=0), p.shape[0])
+            p[~np.isfinite(p)] = np.nan
+            ok = ~np.isnan(p).all(axis=(1, 2))
+            with warnings.catch_warnings():  # a grid point NaN in every kept seed stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(p[ok], axis=0) if ok.any() else np.full(p.shape[1:], np.nan)
+            out[v] = (grid[0], grid[1], mean, int(ok.sum()), int((~ok).sum()))
     return out
 
 
@@ -159,15 +176,35 @@ def layer_text(layer: dict) -> str:
     return f"{kind}({args})"
 
 
+def _n_text(r) -> str:
+    """The summary's n, with '(+k diverged)' when summary.csv counts k > 0 diverged seeds (column optional)."""
+    n = str(int(r["n"]))
+    diverged = r.get("diverged")
+    if not _missing(diverged) and int(diverged) > 0:
+        n += f" (+{int(diverged)} diverged)"
+    return n
+
+
+def diverged_count(summary: pd.DataFrame) -> int:
+    """Diverged seeds over all variants of a summary (0 without a ``diverged`` column)."""
+    if "diverged" not in summary.columns:
+        return 0
+    return int(pd.to_numeric(summary["diverged"], errors="coerce").fillna(0).sum())
+
+
 def summary_table(summary: pd.DataFrame) -> dict:
-    """Headers and formatted rows of the per-variant summary table."""
+    """Headers and formatted rows of the per-variant summary table.
+
+    "n" is the seeds the statistics are over; when summary.csv has a ``diverged`` column (seeds whose
+    loss stopped being finite, excluded from every statistic) a count > 0 is shown as "9 (+1 diverged)".
+    """
     headers = ["Variant", "n", "Final train acc", "Final test acc", "Test acc 95% CI", "Test min\u2013max",
                "Train min\u2013max", "Gap (train\u2212test)", "Epochs to 80%", "Never 80%", "Peak test acc",
                "Peak epoch", "Fit time / seed", "Epoch time (job)", "Epoch time / replica", "Time to 80%"]
     rows = []
     for _, r in summary.iterrows():
         rows.append([
-            r["variant"], str(int(r["n"])),
+            r["variant"], _n_text(r),
             fmt_pm(r["final_train_acc_mean"], r["final_train_acc_std"]),
             fmt_pm(r["final_test_acc_mean"], r["final_test_acc_std"]),
             fmt_range(r["final_test_acc_ci_low"], r["final_test_acc_ci_high"]),
@@ -485,25 +522,59 @@ def variants_view(study: dict, order: list) -> list[dict]:
     return out
 
 
-def study_figures(name: str, study: dict, agg: dict, data: dict, boundaries: dict, variants: list) -> list[dict]:
-    """The study's five figures as {src, alt, caption}."""
-    colors = plots.variant_colors(variants)
+def grid_only_variants(study: dict) -> set[str]:
+    """The variants of a study that exist only as grid points (see :func:`figure_variants` for the rule)."""
+    grids = study.get("grids") or []
+    kept = {g.get(k) for g in grids for k in ("base", "baseline")}
+    return {v for g in grids for v in grid_variant_names(g) if v not in kept}
+
+
+def figure_variants(study: dict) -> list[str]:
+    """The variants the per-study figures show, in study order: the explicit ones plus each grid's baseline.
+
+    Grid points are drawn by their grid's figure instead. The validated config keeps no record of
+    which variants the user wrote (grid points are merged into ``study["variants"]``), so the rule
+    is: a variant is *grid-only* when it is one of some grid's ``variants`` and is neither the
+    ``base`` nor the ``baseline`` of any grid; every other variant is *explicit*. A grid point the
+    user also wrote explicitly counts as explicit when it is the grid's base (``dropout_0.4`` in
+    ``dropout_ext``). Limitation: an explicitly written variant that coincides with a grid point
+    other than the base cannot be told apart and is treated as grid-only.
+    """
+    grid_only = grid_only_variants(study)
+    out = [v for v in study["variants"] if v not in grid_only]
+    out += [g["baseline"] for g in study.get("grids") or [] if g.get("baseline") and g["baseline"] not in out]
+    return out
+
+
+def study_figures(name: str, study: dict, agg: dict, data: dict, boundaries: dict, variants: list,
+                  colors: dict | None = None, n_grid_only: int = 0) -> list[dict]:
+    """The study's five figures as {src, alt, caption}; ``variants`` are those drawn (see :func:`figure_variants`)."""
+    colors = colors or plots.variant_colors(variants)
     names, n = ", ".join(variants), int(agg["summary"]["n"].max())
+    more = (f" The {n_grid_only} other grid points are shown in the grid figures below and the summary table."
+            if n_grid_only else "")
+    diverged = (" Diverged seeds (training loss no longer finite) do not count in the means; epochs without "
+                "any value are not drawn." if diverged_count(agg["summary"]) else "")
+    diverged_b = (" Diverged seeds are left out of the mean; panel titles count them."
+                  if diverged_count(agg["summary"]) else "")
     figs = [
         (plots.fig_dataset(data), f"Scatter plot of the {study['dataset']} dataset: train and test points of two classes.",
          f"Dataset {study['dataset']}: {len(data['y_train'])} train points (left), {len(data['y_test'])} test points (right)."),
         (plots.fig_learning_curves(agg["curves"], variants, colors),
          f"Learning curves of {name}: train and test accuracy and loss per epoch, mean ± std over seeds, for {names}.",
-         f"Learning curves: mean ± 1 std over up to {n} seeds per variant (Keras-history train metrics, inference-mode test metrics)."),
+         f"Learning curves: mean ± 1 std over up to {n} seeds per variant (Keras-history train metrics, "
+         f"inference-mode test metrics).{diverged}{more}"),
         (plots.fig_small_multiples(agg["curves"], variants, colors),
          f"Small multiples of {name}: one panel per variant ({names}) with train and test accuracy.",
-         "One panel per variant: train (dashed) and test (solid) accuracy, mean ± 1 std; dotted line at 80%."),
+         f"One panel per variant: train (dashed) and test (solid) accuracy, mean ± 1 std; dotted line at 80%.{more}"),
         (plots.fig_final_distribution(agg["per_seed"], variants, colors),
-         f"Box plots of final train and test accuracy of {name} per variant, with every seed as a point.",
-         "Final accuracy after training: box (quartiles, median) plus every seed as a jittered point."),
+         f"Box plots of final train and test accuracy of {name} per variant ({names}), with every seed as a point.",
+         f"Final accuracy after training: box (quartiles, median) plus every seed as a jittered point.{more}"),
         (plots.fig_decision_boundaries(boundaries, data, variants),
-         f"Decision boundaries of {name}: mean predicted probability of class 1 over seeds per variant, with the data.",
-         "Mean predicted probability of class 1 over seeds (black line: 0.5); filled points train, hollow points test."),
+         f"Decision boundaries of {name}: mean predicted probability of class 1 over seeds per variant ({names}), "
+         f"with the data.",
+         f"Mean predicted probability of class 1 over seeds (black line: 0.5); filled points train, hollow points "
+         f"test.{diverged_b}{more}"),
     ]
     return [{"src": plots.fig_to_data_uri(f), "alt": alt, "caption": cap} for f, alt, cap in figs]
 
@@ -514,21 +585,28 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
     order = [v for v in study["variants"] if v in set(agg["summary"]["variant"])]
     order += [v for v in agg["summary"]["variant"] if v not in order]
     agg["summary"] = agg["summary"].set_index("variant").loc[order].reset_index()
+    grid_only = grid_only_variants(study)
+    shown = [v for v in figure_variants(study) if v in order]
+    shown += [v for v in order if v not in shown and v not in grid_only]  # results of variants not in the config
+    points = [v for v in order if v not in shown]
+    colors = plots.variant_colors(shown + points)  # the drawn variants get the distinct colours first
     data = load_npz(results_dir / "datasets" / f"{study['dataset']}.npz")
     runs = results_dir / "runs" / name
     pub = compare_published(published, agg["summary"], agg["per_seed"]) if published else None
     third = third_party_published(published, name)
     tp = compare_published({"studies": {name: third}}, agg["summary"], agg["per_seed"]) if third else None
     training = study.get("training", {})
-    colors = plots.variant_colors(order)
+    summary = agg["summary"]
     return {
         "name": name, "id": slug(f"{i}-{name}", "study"), "title": study.get("title") or name,
         "dataset": study["dataset"], "seeds": study.get("seeds"), "training": training,
         "optimizer": ", ".join(f"{k}={v}" for k, v in (training.get("optimizer") or {}).items()),
         "variants": variants_view(study, order),
-        "figures": study_figures(name, study, agg, data, load_boundaries(runs, order), order),
+        "figures": study_figures(name, study, agg, data, load_boundaries(runs, shown), shown, colors, len(points)),
         "grids": [grid_view(i, name, study, g, agg["per_seed"], colors) for g in study.get("grids") or []],
-        "summary": summary_table(agg["summary"]),
+        "summary": summary_table(summary[summary["variant"].isin(shown)]),
+        "summary_grid": summary_table(summary[summary["variant"].isin(points)]) if points else None,
+        "diverged": diverged_count(summary),
         "published": (published_table(pub, tp, {v: e["name"] for v, e in third.items()})
                       if (pub is not None and len(pub)) or (tp is not None and len(tp)) else None),
         "third_party_note": third_party_note(third, tp),

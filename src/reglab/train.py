@@ -29,9 +29,9 @@ class TrainResult:
     epoch_time_s: np.ndarray  # [epochs], whole job
     final: dict[str, np.ndarray]  # train/test loss/acc in inference mode -> [S] (NaN if diverged)
     diverged_epoch: np.ndarray  # [S], 1-based epoch the loss stopped being finite, 0 = never
-    grid_x: np.ndarray
-    grid_y: np.ndarray
-    prob: np.ndarray  # [S, G, G]
+    grid_x: np.ndarray | None  # decision-boundary grid (2-D binary problems only, else None)
+    grid_y: np.ndarray | None
+    prob: np.ndarray | None  # [S, G, G]
     fit_time_s: float
     peak_rss_mb: float
     threads: int
@@ -104,15 +104,17 @@ def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerato
     for split in ("train", "test"):
         x = torch.as_tensor(data[f"x_{split}"], device=module.device)
         y = torch.as_tensor(data[f"y_{split}"], device=module.device)
-        loss, acc = module.evaluate(x.expand(len(seeds), -1, -1), y.expand(len(seeds), -1))
+        loss, acc = module.evaluate(x.expand(len(seeds), *x.shape), y.expand(len(seeds), -1))
         final[f"{split}_loss"], final[f"{split}_acc"] = loss.cpu().numpy(), acc.cpu().numpy()
     diverged = module.diverged_epoch.numpy()
     for values in final.values():
         values[diverged > 0] = np.nan
-    gx, gy = boundary_grid(data)
-    xx, yy = np.meshgrid(gx, gy)
-    plane = torch.as_tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), device=module.device)
-    prob = module.net.predict_proba(plane).cpu().numpy().reshape(len(seeds), len(gy), len(gx))
+    gx = gy = prob = None
+    if data["x_train"].ndim == 2 and data["x_train"].shape[1] == 2 and module.net.binary:
+        gx, gy = boundary_grid(data)  # a decision boundary exists to draw: 2-D inputs, 2 classes
+        xx, yy = np.meshgrid(gx, gy)
+        plane = torch.as_tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), device=module.device)
+        prob = module.net.predict_proba(plane).cpu().numpy().reshape(len(seeds), len(gy), len(gx))
     return TrainResult(
         seeds=[int(s) for s in seeds],
         history={m: module.history[m].numpy() for m in HISTORY_METRICS},
@@ -121,7 +123,7 @@ def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerato
         diverged_epoch=diverged,
         grid_x=gx,
         grid_y=gy,
-        prob=prob.astype(np.float32),
+        prob=None if prob is None else prob.astype(np.float32),
         fit_time_s=fit_time,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         threads=torch.get_num_threads(),
