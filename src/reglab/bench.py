@@ -21,35 +21,83 @@ from torch.utils.data import DataLoader, TensorDataset
 from reglab import layers as L
 from reglab.config import load_config, validate_config, variant_spec
 from reglab.data import make_dataset
+from reglab.shapes import output_shape
 from reglab.train import configure_process, train
 
-CASES = {"dropout": ("dropout", "dropout_0.4"), "batchnorm": ("batchnorm", "bn_after")}
+CASES = {
+    "dropout": ("dropout", "dropout_0.4"),
+    "batchnorm": ("batchnorm", "bn_after"),
+    "cnn": ("cnn", "bn"),
+    "rnn": ("rnn", "baseline"),
+}
 
 
-def torch_model(layer_specs: list[dict], in_features: int, seed: int) -> nn.Sequential:
-    """The same network as plain ``torch.nn`` layers (Keras initialisation and BN constants)."""
+class LastState(nn.Module):
+    """``nn.LSTM`` returning its last hidden state (Keras' ``LSTM(return_sequences=False)``)."""
+
+    def __init__(self, in_features: int, units: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_features, units, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x)[0][:, -1]
+
+
+def torch_model(layer_specs: list[dict], input_shape: tuple[int, ...], seed: int) -> nn.Sequential:
+    """The same network as plain ``torch.nn`` layers (Keras initialisation of dense and conv
+    kernels, Keras BN constants); the head's sigmoid/softmax lives in the loss."""
     gen = torch.Generator().manual_seed(seed)
-    mods, width = [], in_features
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    mods, shape = [], tuple(input_shape)
     for spec in layer_specs:
         (kind, p), = spec.items()
-        if kind == "dense":
-            lin = nn.Linear(width, p["units"])
+        out = output_shape(kind, p, shape)
+        if kind in ("dense", "conv2d"):
+            if kind == "dense":
+                mod = nn.Linear(shape[0], p["units"])
+                fans = (shape[0], p["units"])
+            else:
+                k = p["kernel_size"]
+                mod = nn.Conv2d(shape[0], p["filters"], k, padding=p["padding"])
+                fans = (k * k * shape[0], k * k * p["filters"])
             with torch.no_grad():
-                L.keras_init_(lin.weight.T, p["kernel_initializer"], width, p["units"], gen)
-                lin.bias.zero_()
-            mods.append(lin)
-            if p["activation"] not in ("linear", "sigmoid"):  # the sigmoid lives in the loss
-                mods.append(nn.ReLU() if p["activation"] == "relu" else nn.Tanh())
-            width = p["units"]
+                L.keras_init_(mod.weight, p["kernel_initializer"], *fans, gen)
+                mod.bias.zero_()
+            mods.append(mod)
+            if p["activation"] in acts and not (kind == "dense" and spec is layer_specs[-1]):
+                mods.append(acts[p["activation"]]())
         elif kind == "batch_norm":
-            mods.append(nn.BatchNorm1d(width, eps=p["epsilon"], momentum=1 - p["momentum"]))
+            cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+            mods.append(cls(shape[0] if len(shape) == 3 else shape[-1], eps=p["epsilon"], momentum=1 - p["momentum"]))
         elif kind == "dropout":
             mods.append(nn.Dropout(p["rate"]))
-        elif kind == "gaussian_noise":
-            raise ValueError("the benchmark models use no noise layer")
+        elif kind == "spatial_dropout2d":
+            mods.append(nn.Dropout2d(p["rate"]))
+        elif kind == "max_pooling2d":
+            mods.append(nn.MaxPool2d(p["pool_size"]))
+        elif kind == "flatten":
+            mods.append(nn.Flatten())
+        elif kind == "lstm":
+            mods.append(LastState(shape[1], p["units"]))
         elif kind == "activation":
-            mods.append(nn.ReLU())
+            mods.append(acts[p["name"]]())
+        else:
+            raise ValueError(f"the benchmark models use no {kind} layer")
+        shape = out
     return nn.Sequential(*mods)
+
+
+def torch_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from logits: binary for one output, categorical for several."""
+    if logits.shape[-1] == 1:
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y)
+    return F.cross_entropy(logits, y.long())
+
+
+def torch_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of correct predictions (probability > 0.5, or argmax)."""
+    predicted = (logits.squeeze(-1) > 0).float() if logits.shape[-1] == 1 else logits.argmax(-1).float()
+    return (predicted == y).float().mean()
 
 
 def torch_optimizer(params, spec: dict) -> torch.optim.Optimizer:
@@ -62,7 +110,7 @@ def torch_optimizer(params, spec: dict) -> torch.optim.Optimizer:
 def run_torch_loop(spec: dict, data: dict, seed: int) -> None:
     """A hand-written PyTorch training loop for one seed, evaluating the test set every epoch."""
     torch.manual_seed(seed)
-    model = torch_model(spec["layers"], data["x_train"].shape[1], seed)
+    model = torch_model(spec["layers"], data["x_train"].shape[1:], seed)
     opt = torch_optimizer(model.parameters(), spec["training"]["optimizer"])
     x, y = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
     xt, yt = torch.as_tensor(data["x_test"]), torch.as_tensor(data["y_test"])
@@ -70,31 +118,31 @@ def run_torch_loop(spec: dict, data: dict, seed: int) -> None:
     for _ in range(spec["training"]["epochs"]):
         model.train()
         for idx in torch.randperm(len(x)).split(bs):
-            loss = F.binary_cross_entropy_with_logits(model(x[idx]).squeeze(-1), y[idx])
+            loss = torch_loss(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            logits = model(xt).squeeze(-1)
-            F.binary_cross_entropy_with_logits(logits, yt)
-            ((logits > 0) == (yt > 0.5)).float().mean()
+            logits = model(xt)
+            torch_loss(logits, yt)
+            torch_accuracy(logits, yt)
 
 
 class PlainLitModel(pl.LightningModule):
     """Straightforward Lightning: automatic optimisation, logged metrics, a validation loop."""
 
-    def __init__(self, spec: dict, in_features: int, seed: int) -> None:
+    def __init__(self, spec: dict, input_shape: tuple[int, ...], seed: int) -> None:
         super().__init__()
-        self.model = torch_model(spec["layers"], in_features, seed)
+        self.model = torch_model(spec["layers"], input_shape, seed)
         self.opt_spec = spec["training"]["optimizer"]
 
     def _step(self, batch, name: str):
         x, y = batch
-        logits = self.model(x).squeeze(-1)
-        loss = F.binary_cross_entropy_with_logits(logits, y)
+        logits = self.model(x)
+        loss = torch_loss(logits, y)
         self.log(f"{name}_loss", loss, on_epoch=True, on_step=False)
-        self.log(f"{name}_acc", ((logits > 0) == (y > 0.5)).float().mean(), on_epoch=True, on_step=False)
+        self.log(f"{name}_acc", torch_accuracy(logits, y), on_epoch=True, on_step=False)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -119,7 +167,7 @@ def run_plain_lightning(spec: dict, data: dict, seed: int) -> None:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(PlainLitModel(spec, data["x_train"].shape[1], seed), train_dl, val_dl)
+    trainer.fit(PlainLitModel(spec, data["x_train"].shape[1:], seed), train_dl, val_dl)
 
 
 def timed(fn, *args) -> float:
@@ -144,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lightning-seeds", type=int, default=2, help="seeds for the slow plain-Lightning baseline")
     parser.add_argument("--epochs", type=int, default=300, help="epochs per case (the studies' own are longer)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="which models to time")
     args = parser.parse_args(argv)
     for name in ("pytorch_lightning", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -152,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = validate_config(load_config(args.config))
     report = {}
     print(f"{'case':<10} {'engine':>12} {'torch loop':>12} {'lightning':>12} {'vs loop':>8} {'vs L':>8}   (per replica-epoch)")
-    for case, (study, variant) in CASES.items():
+    for case in args.cases:
+        study, variant = CASES[case]
         spec = variant_spec(config, study, variant)
         spec["training"]["epochs"] = min(args.epochs, spec["training"]["epochs"])
         data = make_dataset(spec["dataset"])
