@@ -5,7 +5,8 @@
   dict (with claims and a published YAML) -> :class:`SyntheticResults`.
 * ``synthetic_aggregated``: the same, with ``results/aggregate/{study}/*.csv`` written.
 * ``make_synthetic_results``: factory ``(root, **overrides) -> SyntheticResults`` for variations
-  (e.g. hostile study titles, ``grid=True`` for a third study with grids).
+  (e.g. hostile study titles, ``grid=True`` for a third study with grids, ``images=True`` /
+  ``sequences=True`` for a study on image / sequence data, without decision boundaries).
 * ``synthetic_grid_aggregated``: the tree with the grid study, aggregated.
 
 ``diverged={(study, variant, seed): epoch}`` makes a seed diverge at that 1-based epoch, as the
@@ -73,6 +74,21 @@ GRIDS = {
                      0.1: (0.845, 0.85), 0.5: (0.87, 0.86), 1.0: (0.70, 0.70)}),
 }
 DATASETS = {"circles_a": (60, 60), "circles_b": (30, 70)}  # n_train, n_test
+#: the optional studies on data without a decision boundary (no boundary.npz), as the engine writes them:
+#: ``images=True``: 4-class 6x6 images [N, 1, 6, 6]; ``sequences=True``: 2-class sequences [N, 12, 1]
+CONV = {"conv2d": {"filters": 4, "kernel_size": 3, "activation": "relu"}}
+LSTM = {"lstm": {"units": 8}}
+IMAGE_STUDY = ("img", "Synthetic CNN study on images", "blocks_6x6", {
+    "baseline": ([CONV, {"flatten": {}}, {"dense": {"units": 4, "activation": "softmax"}}], 5.0, 0.88, 0.95),
+    "dropout_0.5": ([CONV, {"dropout": {"rate": 0.5}}, {"flatten": {}}, {"dense": {"units": 4, "activation": "softmax"}}],
+                    6.0, 0.90, 0.92),
+})
+SEQUENCE_STUDY = ("seq", "Synthetic LSTM study on sequences", "waves_12", {
+    "baseline": ([LSTM, DENSE_OUT], 8.0, 0.85, 0.90),
+    "bn_after": ([LSTM, {"batch_norm": {}}, DENSE_OUT], 4.0, 0.86, 0.88),
+})
+EXTRA_DATASETS = {"blocks_6x6": (40, 60), "waves_12": (30, 50)}
+N_IMAGE_CLASSES = 4
 CLAIMS = [
     {"id": "bn_faster", "text": "BN after the ReLU reaches 80% sooner.", "study": "bn", "variant": "bn_after",
      "compare_to": "baseline", "metric": "epochs_to_80", "direction": "less", "threshold": 0, "alpha": 0.05},
@@ -124,6 +140,27 @@ def _circles(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
+def _blocks(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """4-class 6x6 grey images in [0, 1], ``[n, 1, 6, 6]``: class k has a bright 3x3 block in quadrant k."""
+    y = (np.arange(n) % N_IMAGE_CLASSES).astype(np.float32)
+    x = rng.uniform(0, 0.3, (n, 1, 6, 6))
+    for i, k in enumerate(y.astype(int)):
+        r, c = divmod(k, 2)
+        x[i, 0, 3 * r:3 * r + 3, 3 * c:3 * c + 3] += 0.7
+    return np.clip(x, 0, 1).astype(np.float32), y
+
+
+def _waves(n: int, rng: np.random.Generator, length: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """2-class noisy sine waves ``[n, length, 1]``: class 1 has twice the frequency of class 0."""
+    y = (np.arange(n) % 2).astype(np.float32)
+    t = np.arange(length) / length
+    x = np.sin(2 * np.pi * (1 + y[:, None]) * t[None, :] + rng.uniform(0, 2 * np.pi, (n, 1)))
+    return (x + rng.normal(0, 0.2, x.shape))[:, :, None].astype(np.float32), y
+
+
+GENERATE = {"circles_a": _circles, "circles_b": _circles, "blocks_6x6": _blocks, "waves_12": _waves}
+
+
 def _curve(rng, tau: float, top: float, n_points: int) -> np.ndarray:
     """A noisy rising accuracy curve over N_EPOCHS, quantised to 1/n_points like real accuracies."""
     e = np.arange(1, N_EPOCHS + 1)
@@ -132,8 +169,9 @@ def _curve(rng, tau: float, top: float, n_points: int) -> np.ndarray:
 
 
 def _write_job(run_dir: Path, study: str, variant: str, chunk: int, seeds: list[int], params: tuple,
-               n_train: int, n_test: int, diverged: dict | None = None) -> None:
-    """history.csv, final.csv, boundary.npz and meta.json of one job (``diverged``: seed -> epoch)."""
+               n_train: int, n_test: int, diverged: dict | None = None, boundary: bool = True) -> None:
+    """history.csv, final.csv, boundary.npz (unless ``boundary`` is false) and meta.json of one job
+    (``diverged``: seed -> epoch)."""
     layers, tau, top, train_top = params
     run_dir.mkdir(parents=True, exist_ok=True)
     hist, final, probs = [], [], []
@@ -158,8 +196,9 @@ def _write_job(run_dir: Path, study: str, variant: str, chunk: int, seeds: list[
         probs.append(np.full_like(prob, np.nan) if div else prob)
     pd.DataFrame(hist).to_csv(run_dir / "history.csv", index=False)
     pd.DataFrame(final).to_csv(run_dir / "final.csv", index=False)
-    np.savez_compressed(run_dir / "boundary.npz", seeds=np.asarray(seeds, dtype=np.int64), grid_x=gx, grid_y=gy,
-                        prob=np.asarray(probs, dtype=np.float32))
+    if boundary:
+        np.savez_compressed(run_dir / "boundary.npz", seeds=np.asarray(seeds, dtype=np.int64), grid_x=gx, grid_y=gy,
+                            prob=np.asarray(probs, dtype=np.float32))
     meta = {
         "schema_version": 1, "study": study, "variant": variant, "chunk": chunk, "seeds": seeds,
         "config_hash": "abc123def4567890", "spec": {"study": study, "variant": variant, "layers": layers},
@@ -193,13 +232,16 @@ def _grid_study() -> tuple[str, str, str, dict, list]:
 
 def write_synthetic_results(root: Path, titles: dict | None = None, claims: list | None = None,
                             published: bool = True, grid: bool = False,
-                            diverged: dict | None = None) -> SyntheticResults:
+                            diverged: dict | None = None, images: bool = False,
+                            sequences: bool = False) -> SyntheticResults:
     """Write the synthetic tree under ``root/results`` and return it with its config.
 
     ``titles`` overrides study titles; ``claims`` replaces the default claims; ``published=False``
     points config["published"] at a file that does not exist; ``grid=True`` adds a third study,
     ``bn_ext`` (see :data:`GRID_STUDY`, :data:`GRIDS`), with two grids, per-variant training
-    overrides and third-party published numbers. ``diverged`` maps ``(study, variant, seed)`` to the
+    overrides and third-party published numbers. ``images=True`` / ``sequences=True`` add a study
+    ``img`` on 4-class images (:data:`IMAGE_STUDY`) / ``seq`` on binary sequences
+    (:data:`SEQUENCE_STUDY`), after the others, whose runs write no boundary.npz. ``diverged`` maps ``(study, variant, seed)`` to the
     1-based epoch at which that seed diverges (see the module docstring).
     """
     results = root / "results"
@@ -208,18 +250,22 @@ def write_synthetic_results(root: Path, titles: dict | None = None, claims: list
               "datasets": {}, "studies": {}, "claims": list(CLAIMS if claims is None else claims),
               "published": str(root / ("published.yaml" if published else "absent.yaml"))}
     out = SyntheticResults(root, results, config)
-    for name, (n_train, n_test) in DATASETS.items():
-        x_tr, y_tr = _circles(n_train, rng)
-        x_te, y_te = _circles(n_test, rng)
+    extra = [s for s, on in ((IMAGE_STUDY, images), (SEQUENCE_STUDY, sequences)) if on]
+    for name, (n_train, n_test) in {**DATASETS, **{s[2]: EXTRA_DATASETS[s[2]] for s in extra}}.items():
+        x_tr, y_tr = GENERATE[name](n_train, rng)
+        x_te, y_te = GENERATE[name](n_test, rng)
         (results / "datasets").mkdir(parents=True, exist_ok=True)
         np.savez(results / "datasets" / f"{name}.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
-        config["datasets"][name] = {"generator": "make_circles", "n_train": n_train,
+        generator = {"blocks_6x6": "load_digits", "waves_12": "make_sequences"}.get(name, "make_circles")
+        config["datasets"][name] = {"generator": generator, "n_train": n_train,
                                     "params": {"n_samples": n_train + n_test, "noise": 0.1, "random_state": 1}}
     seeds = list(range(N_SEEDS))
     studies = {k: (*v, []) for k, v in STUDIES.items()}
     if grid:
         name, *rest = _grid_study()
         studies[name] = tuple(rest)
+    for name, *rest in extra:
+        studies[name] = (*rest, [])
     for study, (title, dataset, variants, grids) in studies.items():
         config["studies"][study] = {
             "title": (titles or {}).get(study, title), "dataset": dataset, "seeds": N_SEEDS,
@@ -228,7 +274,7 @@ def write_synthetic_results(root: Path, titles: dict | None = None, claims: list
         }
         if grids:
             config["studies"][study] |= {"grids": grids, "variant_training": copy.deepcopy(GRID_VARIANT_TRAINING)}
-        n_train, n_test = DATASETS[dataset]
+        n_train, n_test = {**DATASETS, **EXTRA_DATASETS}[dataset]
         packs = {}  # as reglab.config.study_packs: a grid's points in one pack named by its id
         for g in grids:
             packs.update({v: g["id"] for v in g["variants"] if v not in packs})
@@ -238,7 +284,8 @@ def write_synthetic_results(root: Path, titles: dict | None = None, claims: list
                 run_dir = results / "runs" / study / pack / f"chunk{chunk}" / variant
                 job_seeds = seeds[chunk * SEEDS_PER_JOB:(chunk + 1) * SEEDS_PER_JOB]
                 job_diverged = {s: e for (st, v, s), e in (diverged or {}).items() if (st, v) == (study, variant)}
-                _write_job(run_dir, study, variant, chunk, job_seeds, params, n_train, n_test, job_diverged)
+                _write_job(run_dir, study, variant, chunk, job_seeds, params, n_train, n_test, job_diverged,
+                           boundary=dataset in DATASETS)
                 out.run_dirs.setdefault(study, []).append(run_dir)
     if published:
         (root / "published.yaml").write_text(yaml.safe_dump(PUBLISHED, sort_keys=False))

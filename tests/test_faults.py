@@ -102,13 +102,16 @@ def option(cmdline: list[str], name: str) -> str:
 @pytest.mark.slow
 def test_a_run_killed_mid_training_reruns_to_the_uninterrupted_results(tmp_path):
     """SIGKILL Snakemake and its training jobs once a job has started, leave a half-written result
-    where a job was killed, and run the same command again: Snakemake knows the killed jobs'
-    directories are incomplete, retrains them (the default profile sets --rerun-incomplete), and
-    every final.csv and per_seed.csv equals those of an uninterrupted run.
+    where a job was killed, remove the stale lock (``snakemake --unlock``, as Snakemake's message
+    says) and run the same command again: Snakemake knows the killed jobs' directories are
+    incomplete, retrains them (the default profile sets --rerun-incomplete), and every final.csv and
+    per_seed.csv equals those of an uninterrupted run.
 
-    The batch-norm study of config/tiny.yaml only (4 training jobs, 2 at a time), to keep it short.
+    The batch-norm study of config/tiny.yaml only, one job per variant (2 jobs, both killed), to
+    keep it short.
     """
     config = only_study(tiny_config(), "batchnorm")
+    config["seeds_per_job"] = None
     reference = make_workdir(tmp_path / "uninterrupted", config)
     snakemake(reference, "--cores", "2")
 
@@ -147,9 +150,14 @@ def test_a_run_killed_mid_training_reruns_to_the_uninterrupted_results(tmp_path)
     for outdir in killed:
         assert outdir in refused.stdout + refused.stderr
 
+    # The killed Snakemake left its lock: the same command says so and how to remove it.
+    locked = snakemake(work, "--cores", "2", check=False)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    assert "--unlock" in locked.stdout + locked.stderr and not (work / "report").exists()
+    snakemake(work, "--unlock")
     snakemake(work, "--cores", "2")  # the same command again
     finals = sorted(p.relative_to(reference) for p in (reference / "results" / "runs").rglob("final.csv"))
-    assert len(finals) == 4
+    assert len(finals) == 2
     assert sorted(p.relative_to(work) for p in (work / "results" / "runs").rglob("final.csv")) == finals
     for rel in [*finals, Path("results/aggregate/batchnorm/per_seed.csv")]:
         pd.testing.assert_frame_equal(read_without_timing(work / rel), read_without_timing(reference / rel),

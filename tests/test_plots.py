@@ -239,3 +239,102 @@ def test_final_distribution_skips_nan_and_stacks_when_wide():
         points = [c for c in axes[0].collections if c.get_offsets().shape[0] == 4]
         assert len(points) == len(variants)  # 4 finite seeds per variant drawn
         png_bytes(plots.fig_to_data_uri(fig))
+
+
+# --------------------------------------------------------------------------- dataset figure by kind of data
+def images_data(n_classes=3, n_train=30, n_test=20, channels=1):
+    """x [N, C, 5, 5] in [0, 1], labels 0..n_classes-1 (as float32, like the engine stores them)."""
+    rng = np.random.default_rng(1)
+    return {"x_train": rng.uniform(size=(n_train, channels, 5, 5)).astype(np.float32),
+            "y_train": (np.arange(n_train) % n_classes).astype(np.float32),
+            "x_test": rng.uniform(size=(n_test, channels, 5, 5)).astype(np.float32),
+            "y_test": (np.arange(n_test) % n_classes).astype(np.float32)}
+
+
+def sequences_data(n_classes=2, n_train=20, n_test=10, length=15, features=1):
+    rng = np.random.default_rng(2)
+    return {"x_train": rng.normal(size=(n_train, length, features)).astype(np.float32),
+            "y_train": (np.arange(n_train) % n_classes).astype(np.float32),
+            "x_test": rng.normal(size=(n_test, length, features)).astype(np.float32),
+            "y_test": (np.arange(n_test) % n_classes).astype(np.float32)}
+
+
+def _bar_heights(ax):
+    """Class-count bars of an axes: {split label: [heights]} (from the legend's labels)."""
+    return {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers}
+
+
+def test_dataset_kind_follows_the_shape(data):
+    assert plots.dataset_kind(data) == "points"
+    assert plots.dataset_kind(images_data()) == "images"
+    assert plots.dataset_kind(sequences_data()) == "sequences"
+    assert plots.dataset_kind({**data, "x_train": np.zeros((30, 5))}) == "other"  # tabular, not 2-D
+
+
+@pytest.mark.parametrize(("make", "chosen"), [
+    (lambda d: d, "fig_dataset_points"),
+    (lambda d: images_data(), "fig_dataset_images"),
+    (lambda d: sequences_data(), "fig_dataset_sequences"),
+    (lambda d: {**d, "x_train": np.zeros((30, 5)), "x_test": np.zeros((70, 5))}, "fig_class_counts"),
+])
+def test_fig_dataset_dispatches_by_shape(data, monkeypatch, make, chosen):
+    called = []
+    for name in ("fig_dataset_points", "fig_dataset_images", "fig_dataset_sequences", "fig_class_counts"):
+        real = getattr(plots, name)
+        monkeypatch.setattr(plots, name, lambda d, _n=name, _r=real: (called.append(_n), _r(d))[1])
+    fig = plots.fig_dataset(make(data))
+    assert called == [chosen]
+    png_bytes(plots.fig_to_data_uri(fig))
+
+
+def test_dataset_images_show_examples_per_class_with_labels_and_counts():
+    d = images_data(n_classes=3)
+    d["y_train"][d["y_train"] == 2] = 0  # class 2 only in the test split: its column stays empty
+    d["y_train"][0] = 2  # ... but for one example
+    fig = plots.fig_dataset_images(d, per_class=2)
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in image_axes] == ["0", "1", "2", "0", "1"]  # row by row: 2 per class, 1 of class 2
+    assert all(ax.images[0].get_cmap().name == "gray_r" for ax in image_axes)
+    first = image_axes[0].images[0].get_array()
+    assert np.allclose(first, d["x_train"][np.flatnonzero(d["y_train"] == 0)[0], 0])  # the first of class 0
+    counts = next(ax for ax in fig.axes if ax.containers)
+    heights = _bar_heights(counts)
+    assert heights == {"train (30)": [19, 10, 1], "test (20)": [7, 7, 6]}
+    assert [t.get_text() for t in counts.get_xticklabels()] == ["0", "1", "2"]
+    png_bytes(plots.fig_to_data_uri(fig))
+
+
+def test_dataset_images_cap_classes_and_accept_rgb():
+    fig = plots.fig_dataset_images(images_data(n_classes=15, n_train=60), max_classes=12)
+    assert len([ax for ax in fig.axes if ax.images]) == 24
+    assert any("(first 12 of 15 classes)" in t.get_text() for sf in fig.subfigs for t in sf.texts)
+    png_bytes(plots.fig_to_data_uri(fig))
+    rgb = plots.fig_dataset_images(images_data(channels=3))
+    assert all(ax.images[0].get_array().shape == (5, 5, 3) for ax in rgb.axes if ax.images)
+    png_bytes(plots.fig_to_data_uri(rgb))
+
+
+def test_dataset_sequences_overlay_a_few_per_class_one_colour_each():
+    d = sequences_data(n_classes=3, n_train=30, features=2)
+    fig = plots.fig_dataset_sequences(d, per_class=3)
+    seq_ax, counts = fig.axes
+    lines = seq_ax.get_lines()
+    assert len(lines) == 9 and all(len(line.get_xdata()) == 15 for line in lines)
+    colors = [line.get_color() for line in lines]
+    assert colors == [plots.class_color(k) for k in (0, 1, 2) for _ in range(3)]
+    assert len(set(colors)) == 3
+    assert np.allclose(lines[0].get_ydata(), d["x_train"][0, :, 0])  # the first feature
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["class 0", "class 1", "class 2"]
+    assert _bar_heights(counts) == {"train (30)": [10, 10, 10], "test (10)": [4, 3, 3]}
+    png_bytes(plots.fig_to_data_uri(fig))
+
+
+def test_dataset_points_show_every_class(data):
+    three = {**data, "y_train": (np.arange(30) % 3).astype(np.float32)}
+    fig = plots.fig_dataset_points(three)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["class 0", "class 1", "class 2"]
+    drawn = [c for c in fig.axes[0].collections if c.get_offsets().shape[0]]
+    assert [c.get_offsets().shape[0] for c in drawn] == [10, 10, 10]
+    binary = plots.fig_dataset_points(data)  # binary data: as before, classes 0 and 1 in their colours
+    assert [t.get_text() for t in binary.legends[0].get_texts()] == ["class 0", "class 1"]
+    assert plots.class_color(0) == plots.CLASS_COLORS[0] and plots.class_color(1) == plots.CLASS_COLORS[1]

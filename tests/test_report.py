@@ -493,3 +493,108 @@ def test_report_with_a_diverged_seed_end_to_end(make_synthetic_results, tmp_path
     html = out.read_text()
     assert '<th scope="row">bn_after</th><td>4 (+1 diverged)</td>' in html
     assert html.count("<img ") == 10
+
+
+# --------------------------------------------------------------------------- image and sequence data
+KIND_CLAIM = {"id": "img_dropout", "text": "Dropout helps on images.", "study": "img", "variant": "dropout_0.5",
+              "compare_to": "baseline", "metric": "final_test_acc", "direction": "greater", "threshold": 0,
+              "alpha": 0.05}
+
+
+@pytest.fixture(scope="module")
+def rendered_kinds(make_synthetic_results, tmp_path_factory):
+    """(html, Collector, SyntheticResults) with the image (``img``, 4 classes) and sequence (``seq``) studies."""
+    root = tmp_path_factory.mktemp("kinds")
+    syn = make_synthetic_results(root, images=True, sequences=True)
+    syn.config["claims"] = [*syn.config["claims"], KIND_CLAIM]
+    syn.aggregate()
+    out = root / "index.html"
+    render_report(syn.config, syn.results_dir, out, provenance=PROVENANCE)
+    html = out.read_text()
+    parser = Collector()
+    parser.feed(html)
+    return html, parser, syn
+
+
+def _section(html, sid):
+    """The HTML of one section, up to the next."""
+    start = html.index(f'<section id="{sid}"')
+    return html[start:html.index("<section ", start + 1)]
+
+
+def _figure_kinds(parser):
+    """section id -> the classes of its <figure>s (grid blocks' figures have none)."""
+    out = {}
+    for t, a, s in parser.tags:
+        if t == "figure":
+            out.setdefault(s, []).append(a.get("class"))
+    return out
+
+
+def test_dataset_figure_suits_images_and_sequences(rendered_kinds):
+    html, parser, _ = rendered_kinds
+    kinds = _figure_kinds(parser)
+    assert list(kinds) == ["study-0-bn", "study-1-drop", "study-2-img", "study-3-seq"]
+    assert [k[0] for k in kinds.values()] == ["figure-dataset-points", "figure-dataset-points",
+                                              "figure-dataset-images", "figure-dataset-sequences"]
+    img, seq = _section(html, "study-2-img"), _section(html, "study-3-seq")
+    assert "<figcaption>blocks_6x6: 40 training images (6x6), 60 test; 4 classes." in img
+    assert "<figcaption>waves_12: 30 training sequences (length 12), 50 test; 2 classes." in seq
+    alts = {s: [a["alt"] for t, a, sec in parser.tags if t == "img" and sec == s] for s in kinds}
+    assert alts["study-2-img"][0].startswith("Example training images of the blocks_6x6 dataset (6\u00d76, 4 classes)")
+    assert "one colour per class (2 classes)" in alts["study-3-seq"][0]
+    assert alts["study-0-bn"][0] == "Scatter plot of the circles_a dataset: train and test points of 2 classes."
+
+
+def test_studies_without_boundaries_have_no_boundary_block(rendered_kinds):
+    html, parser, syn = rendered_kinds
+    assert not list((syn.results_dir / "runs" / "img").rglob("boundary.npz"))  # as the engine: none written
+    kinds = _figure_kinds(parser)
+    for sid in ("study-2-img", "study-3-seq"):
+        assert kinds[sid] == [kinds[sid][0], "figure-curves", "figure-small-multiples", "figure-final"]
+        section = _section(html, sid)
+        assert "boundar" not in section.lower() and "class 1" not in section  # no figure, no note, no P(class 1)
+        assert section.count("<img ") == 4 and 'src=""' not in section
+    for sid in ("study-0-bn", "study-1-drop"):  # the 2-D studies keep theirs
+        assert kinds[sid][-1] == "figure-boundaries"
+        assert "No decision-boundary data" not in _section(html, sid)
+    toc = [a["href"] for t, a, s in parser.tags if t == "a" and s is None and a.get("href", "").startswith("#")]
+    assert toc == ["#claims", "#study-0-bn", "#study-1-drop", "#study-2-img", "#study-3-seq", "#provenance"]
+
+
+def test_multiclass_study_summary_and_claims(rendered_kinds):
+    html, _, _ = rendered_kinds
+    tables = dict(_tables_in(html, 'id="study-2-img"', 'id="study-3-seq"'))
+    assert tables["summary"] == ["baseline", "dropout_0.5"]
+    row = re.search(r'<tr><th scope="row">dropout_0.5</th>(.*?)</tr>', _section(html, "study-2-img")).group(1)
+    assert "<td>5</td>" in row and "\u2013" not in re.findall(r"<td>([^<]*)</td>", row)  # no statistic left as a bare dash
+    card = _section(html, "study-2-img")
+    assert 'id="claim-img_dropout"' in card and "No claims concern this study" not in card
+    assert re.search(r'id="claim-img_dropout">\s*<header><h4><span class="badge verdict-(supported|contradicted|'
+                     r'inconclusive)"', html)
+    assert "No published numbers for this study." in card  # published.yaml has none for it
+
+
+def test_report_picks_the_dataset_figure_by_shape(make_synthetic_results, tmp_path, monkeypatch):
+    called = []
+    for name in ("fig_dataset_points", "fig_dataset_images", "fig_dataset_sequences", "fig_decision_boundaries"):
+        real = getattr(plots, name)
+        monkeypatch.setattr(plots, name, lambda *a, _n=name, _r=real, **k: (called.append(_n), _r(*a, **k))[1])
+    syn = make_synthetic_results(tmp_path, images=True, sequences=True)
+    syn.aggregate()
+    config = {**syn.config, "claims": [], "studies": {k: syn.config["studies"][k] for k in ("seq", "bn", "img")}}
+    render_report(config, syn.results_dir, tmp_path / "index.html")
+    assert called == ["fig_dataset_sequences", "fig_dataset_points", "fig_decision_boundaries", "fig_dataset_images"]
+
+
+def test_2d_study_without_boundary_files_says_so(make_synthetic_results, tmp_path):
+    syn = make_synthetic_results(tmp_path)
+    syn.aggregate()
+    for f in (syn.results_dir / "runs" / "drop").rglob("boundary.npz"):
+        f.unlink()
+    render_report(syn.config, syn.results_dir, tmp_path / "index.html")
+    html = (tmp_path / "index.html").read_text()
+    drop = _section(html, "study-1-drop")
+    assert "figure-boundaries" not in drop and drop.count("<img ") == 4
+    assert "No decision-boundary data (boundary.npz) was found" in drop
+    assert "figure-boundaries" in _section(html, "study-0-bn")

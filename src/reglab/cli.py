@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 
@@ -109,12 +110,16 @@ def check_specs(specs: list[dict]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from reglab.data import load_dataset
-    from reglab.results import write_run
-    from reglab.train import train
+    from reglab.data import DataError, load_dataset
 
     check_specs(args.spec)
-    data = load_dataset(args.dataset)
+    try:
+        data = load_dataset(args.dataset)
+    except zipfile.BadZipFile as exc:  # a cut-off npz (data.load_dataset lets this one through)
+        raise DataError(f"dataset file {args.dataset}: cannot be read ({exc})") from None
+    from reglab.results import write_run  # torch and Lightning: only once the inputs are good
+    from reglab.train import train
+
     for spec in args.spec:  # a pack of variants shares this process's start-up
         started = now()
         result = train(spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator)

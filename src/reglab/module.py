@@ -8,13 +8,12 @@ each replica's weights receive exactly the gradient of its own independent train
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-
-import math
 
 from reglab.layers import draw_per_replica
 from reglab.model import STREAM_SHUFFLE, ReplicaNet, seed_generator
@@ -33,7 +32,7 @@ def shuffle_orders(seeds: list[int], epochs: int, n: int) -> torch.Tensor:
 
 
 class ReplicaClassifier(pl.LightningModule):
-    """S replicas of a binary classifier trained together with Keras' ``fit`` semantics."""
+    """S replicas of a classifier trained together with Keras' ``fit`` semantics."""
 
     def __init__(self, spec: dict, seeds: list[int], data: dict) -> None:
         super().__init__()

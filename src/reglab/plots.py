@@ -7,6 +7,11 @@ variant the same colour in every figure of a study. ``curves`` is the wide ``cur
 ``per_seed.csv``. Long curves are downsampled to at most ``max_points`` epochs for drawing.
 Metrics may be NaN (a diverged seed's, or every seed's once all diverged): curves skip epochs with
 no finite mean, per-seed plots skip NaN values, and boundaries may hold NaN (drawn blank).
+
+The dataset figure suits the data's shape (:func:`dataset_kind`, :func:`fig_dataset`): 2-D points
+as a scatter, images ``[N, C, H, W]`` as example images per class, sequences ``[N, T, F]`` as a few
+sequences per class overlaid; images and sequences also show the class counts of train and test.
+Labels are class indices (stored as floats), any number of classes.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 #: Okabe-Ito colours, ordered for contrast on white (yellow last)
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 CLASS_COLORS = ("#0072B2", "#D55E00")  # class 0, class 1
 CLASS_MARKERS = ("o", "^")
+#: colours and markers of classes 0, 1, 2 ... (the first two as above; cycle after eight)
+CLASS_PALETTE = CLASS_COLORS + tuple(c for c in OKABE_ITO if c not in CLASS_COLORS)
+CLASS_MARKER_CYCLE = CLASS_MARKERS + ("s", "D", "v", "P", "X", "*")
+#: split colours of the class-count bars
+SPLIT_COLORS = {"train": "#4d4d4d", "test": "#a6a6a6"}
 PROB_CMAP = LinearSegmentedColormap.from_list("reglab_prob", [CLASS_COLORS[0], "#f7f7f7", CLASS_COLORS[1]])
 DPI = 100
 MAX_POINTS = 400
@@ -95,18 +105,53 @@ def _grid(n: int, ncols_max: int = MAX_PANELS_PER_ROW, w: float = 3.6, h: float 
     return fig, axes[:n]
 
 
+def class_color(k: int) -> str:
+    """The colour of class index ``k`` (:data:`CLASS_PALETTE`, cycling)."""
+    return CLASS_PALETTE[int(k) % len(CLASS_PALETTE)]
+
+
+def class_labels(*ys) -> np.ndarray:
+    """The sorted distinct labels of one or more label arrays (NaN dropped), as integers when they all are."""
+    y = np.concatenate([np.asarray(v, dtype=float).ravel() for v in ys]) if ys else np.array([])
+    y = np.unique(y[np.isfinite(y)])
+    return y.astype(int) if np.all(y == np.round(y)) else y
+
+
+def _class_text(k) -> str:
+    """A label as text: '3' for 3.0."""
+    k = float(k)
+    return str(int(k)) if k == round(k) else f"{k:g}"
+
+
+def dataset_kind(data: dict) -> str:
+    """``"points"`` (x ``[N, 2]``), ``"sequences"`` (``[N, T, F]``), ``"images"`` (``[N, C, H, W]``),
+    else ``"other"`` (e.g. tabular data with more than two features: class counts only)."""
+    x = np.asarray(data["x_train"])
+    if x.ndim == 2 and x.shape[1] == 2:
+        return "points"
+    return {3: "sequences", 4: "images"}.get(x.ndim, "other")
+
+
 def _points(ax, x, y, filled: bool, size: float = 14) -> None:
-    """Scatter two classes, filled (train) or hollow (test)."""
+    """Scatter every class (0 and 1 for binary data), filled (train) or hollow (test)."""
     y = np.asarray(y).round().astype(int)
-    for k in (0, 1):
+    for k in sorted(set(np.unique(y)) | {0, 1}):
         sel = y == k
-        style = dict(c=CLASS_COLORS[k], edgecolors="black", linewidths=0.3) if filled else \
-            dict(facecolors="none", edgecolors=CLASS_COLORS[k], linewidths=0.9)
-        ax.scatter(x[sel, 0], x[sel, 1], s=size, marker=CLASS_MARKERS[k], **style)
+        color, marker = class_color(k), CLASS_MARKER_CYCLE[k % len(CLASS_MARKER_CYCLE)]
+        style = dict(c=color, edgecolors="black", linewidths=0.3) if filled else \
+            dict(facecolors="none", edgecolors=color, linewidths=0.9)
+        ax.scatter(x[sel, 0], x[sel, 1], s=size, marker=marker, **style)
 
 
 def fig_dataset(data: dict) -> Figure:
-    """Train and test points of a two-class 2-D dataset (``x_train, y_train, x_test, y_test``)."""
+    """The dataset figure that suits the data's shape (:func:`dataset_kind`): :func:`fig_dataset_points`,
+    :func:`fig_dataset_images`, :func:`fig_dataset_sequences`, or only :func:`fig_class_counts`."""
+    return {"points": fig_dataset_points, "images": fig_dataset_images,
+            "sequences": fig_dataset_sequences}.get(dataset_kind(data), fig_class_counts)(data)
+
+
+def fig_dataset_points(data: dict) -> Figure:
+    """Train and test points of a 2-D dataset (``x_train, y_train, x_test, y_test``), one colour and marker per class."""
     fig = Figure(figsize=(8, 3.8), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, split in zip(axes, ("train", "test")):
@@ -116,9 +161,105 @@ def fig_dataset(data: dict) -> Figure:
         ax.set_aspect("equal", adjustable="box")
         ax.set_xlabel("x1")
     axes[0].set_ylabel("x2")
-    handles = [axes[0].scatter([], [], c=CLASS_COLORS[k], marker=CLASS_MARKERS[k], edgecolors="black",
-                               linewidths=0.3, label=f"class {k}") for k in (0, 1)]
-    fig.legend(handles=handles, loc="outside upper center", ncols=2, frameon=False)
+    classes = sorted(set(class_labels(data["y_train"], data["y_test"]).astype(int)) | {0, 1})
+    handles = [axes[0].scatter([], [], c=class_color(k), marker=CLASS_MARKER_CYCLE[k % len(CLASS_MARKER_CYCLE)],
+                               edgecolors="black", linewidths=0.3, label=f"class {k}") for k in classes]
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5), frameon=False)
+    return fig
+
+
+def _class_counts(ax, data: dict, classes) -> None:
+    """Grouped bars: examples per class in train and test, each bar labelled with its count."""
+    pos = np.arange(len(classes))
+    width = 0.4
+    for i, split in enumerate(("train", "test")):
+        y = np.asarray(data[f"y_{split}"], dtype=float)
+        counts = [int(np.sum(y == k)) for k in classes]
+        bars = ax.bar(pos + (i - 0.5) * width, counts, width, color=SPLIT_COLORS[split],
+                      label=f"{split} ({len(y)})")
+        if len(classes) <= 20:
+            ax.bar_label(bars, fontsize="x-small", padding=1)
+    ax.set_xticks(pos, [_class_text(k) for k in classes], rotation=90 if len(classes) > 20 else 0)
+    ax.set_xlabel("class")
+    ax.set_ylabel("examples")
+    ax.set_title("class counts")
+    ax.set_ylim(0, 1.3 * max(ax.get_ylim()[1], 1))  # headroom for the counts and the legend
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False, fontsize="small", loc="upper left", ncols=2)
+
+
+def fig_class_counts(data: dict) -> Figure:
+    """Only the class counts of train and test (for data without a more specific figure)."""
+    classes = class_labels(data["y_train"], data["y_test"])
+    fig = Figure(figsize=(max(5.0, min(MAX_WIDTH, 1.0 + 0.6 * len(classes))), 3.6), dpi=DPI, layout="constrained")
+    _class_counts(fig.subplots(), data, classes)
+    return fig
+
+
+def _examples(y, k, n: int) -> np.ndarray:
+    """Indices of the first ``n`` examples of class ``k`` in ``y``."""
+    return np.flatnonzero(np.asarray(y, dtype=float) == k)[:n]
+
+
+def fig_dataset_images(data: dict, per_class: int = 2, max_classes: int = 12) -> Figure:
+    """Example training images (``x [N, C, H, W]``) with their labels, ``per_class`` per class for the
+    first ``max_classes`` classes (one column per class, grey scale ``gray_r`` for one channel, RGB for
+    three; else the first channel), and below them the class counts of train and test."""
+    x = np.asarray(data["x_train"], dtype=float)
+    y = np.asarray(data["y_train"], dtype=float)
+    classes = class_labels(data["y_train"], data["y_test"])
+    shown = classes[:max_classes]
+    ncols = max(1, len(shown))
+    width = min(MAX_WIDTH, max(6.0, 0.9 * ncols + 1.0))
+    fig = Figure(figsize=(width, 0.95 * per_class * width / max(ncols, 6) + 3.4), dpi=DPI, layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[0.95 * per_class * width / max(ncols, 6), 3.2])
+    finite = x[np.isfinite(x)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    axes = np.atleast_2d(top.subplots(per_class, ncols, squeeze=False))
+    for c, k in enumerate(shown):
+        idx = _examples(y, k, per_class)
+        for r in range(per_class):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r < len(idx):
+                img = x[idx[r]]
+                if img.shape[0] == 3:
+                    ax.imshow(np.clip((np.moveaxis(img, 0, -1) - lo) / ((hi - lo) or 1.0), 0, 1))
+                else:
+                    ax.imshow(img[0], cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest")
+                ax.set_title(_class_text(k), fontsize="small", pad=2)
+            else:
+                ax.set_axis_off()
+    more = f" (first {len(shown)} of {len(classes)} classes)" if len(classes) > len(shown) else ""
+    h, w = x.shape[-2:]
+    top.suptitle(f"training examples ({h}×{w}), labelled by class{more}", fontsize="medium")
+    _class_counts(bottom.subplots(), data, classes)
+    return fig
+
+
+def fig_dataset_sequences(data: dict, per_class: int = 3) -> Figure:
+    """``per_class`` training sequences (``x [N, T, F]``, feature 0) per class overlaid, one colour per
+    class (left), and the class counts of train and test (right)."""
+    x = np.asarray(data["x_train"], dtype=float)
+    y = np.asarray(data["y_train"], dtype=float)
+    classes = class_labels(data["y_train"], data["y_test"])
+    fig = Figure(figsize=(10, 3.8), dpi=DPI, layout="constrained")
+    ax, counts = fig.subplots(1, 2, width_ratios=[1.7, 1])
+    t = np.arange(x.shape[1])
+    for i, k in enumerate(classes):
+        for j, n in enumerate(_examples(y, k, per_class)):
+            ax.plot(t, x[n, :, 0], color=class_color(i), lw=1.2, alpha=0.85,
+                    label=f"class {_class_text(k)}" if j == 0 else None)
+    feature = f", feature 1 of {x.shape[2]}" if x.shape[2] > 1 else ""
+    ax.set_title(f"{per_class} training sequences per class{feature}")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("value")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=min(len(classes), 6),
+               frameon=False)
+    _class_counts(counts, data, classes)
     return fig
 
 

@@ -7,6 +7,11 @@
 to the CWD; its section is skipped when absent) and checks ``config["claims"]``. Figures are
 inlined as PNG ``data:`` URIs and the CSS is inlined, so the page loads nothing from outside.
 
+The dataset figure suits the data (:func:`reglab.plots.fig_dataset`: 2-D points, images or
+sequences, any number of classes); the decision-boundary figure is shown only for studies with
+``boundary.npz`` files (training writes them for 2-D binary data only), so image and sequence
+studies have none, and a 2-D binary study without them gets a one-line note instead.
+
 In a study with grids the per-variant figures show only its explicit variants and each grid's
 baseline (:func:`figure_variants` states the rule); grid points are drawn by the grid figures and
 listed in the summary under a collapsed "Grid points (N)". Seeds that diverged (summary.csv's
@@ -546,9 +551,49 @@ def figure_variants(study: dict) -> list[str]:
     return out
 
 
+def _classes_text(data: dict) -> str:
+    """'2 classes' / '10 classes' over train and test."""
+    k = len(plots.class_labels(data["y_train"], data["y_test"]))
+    return f"{k} class" + ("" if k == 1 else "es")
+
+
+def dataset_figure_text(dataset: str, data: dict) -> tuple[str, str, str]:
+    """(kind, alt, caption) of the dataset figure, by :func:`reglab.plots.dataset_kind`."""
+    kind = plots.dataset_kind(data)
+    x = np.asarray(data["x_train"])
+    n_train, n_test, classes = len(data["y_train"]), len(data["y_test"]), _classes_text(data)
+    if kind == "images":
+        h, w = x.shape[-2:]
+        channels = f", {x.shape[1]} channels" if x.shape[1] != 1 else ""
+        alt = (f"Example training images of the {dataset} dataset ({h}×{w}{channels}, {classes}) with their "
+               f"labels, and the number of train and test examples per class.")
+        caption = (f"{dataset}: {n_train} training images ({h}x{w}{channels}), {n_test} test; {classes}. Top: "
+                   f"training examples, each titled with its class; bottom: examples per class in train and test.")
+    elif kind == "sequences":
+        features = f", {x.shape[2]} features (the first is drawn)" if x.shape[2] != 1 else ""
+        alt = (f"A few training sequences per class of the {dataset} dataset overlaid, one colour per class "
+               f"({classes}), and the number of train and test examples per class.")
+        caption = (f"{dataset}: {n_train} training sequences (length {x.shape[1]}{features}), {n_test} test; "
+                   f"{classes}. Left: a few training sequences per class, one colour per class; right: examples "
+                   f"per class in train and test.")
+    elif kind == "points":
+        alt = f"Scatter plot of the {dataset} dataset: train and test points of {classes}."
+        caption = f"Dataset {dataset}: {n_train} train points (left), {n_test} test points (right)."
+    else:
+        alt = f"Number of train and test examples per class of the {dataset} dataset ({classes})."
+        caption = (f"{dataset}: {n_train} training examples (shape {' x '.join(map(str, x.shape[1:]))}), "
+                   f"{n_test} test; {classes}. Examples per class in train and test.")
+    return kind, alt, caption
+
+
 def study_figures(name: str, study: dict, agg: dict, data: dict, boundaries: dict, variants: list,
                   colors: dict | None = None, n_grid_only: int = 0) -> list[dict]:
-    """The study's five figures as {src, alt, caption}; ``variants`` are those drawn (see :func:`figure_variants`)."""
+    """The study's figures as {kind, src, alt, caption}; ``variants`` are those drawn (see :func:`figure_variants`).
+
+    ``kind`` is ``dataset-{points,images,sequences,other}``, ``curves``, ``small-multiples``,
+    ``final`` or ``boundaries``; the decision-boundary figure is left out when no variant has
+    boundary data (``boundaries`` empty: training writes none unless the data are 2-D and binary).
+    """
     colors = colors or plots.variant_colors(variants)
     names, n = ", ".join(variants), int(agg["summary"]["n"].max())
     more = (f" The {n_grid_only} other grid points are shown in the grid figures below and the summary table."
@@ -557,26 +602,40 @@ def study_figures(name: str, study: dict, agg: dict, data: dict, boundaries: dic
                 "any value are not drawn." if diverged_count(agg["summary"]) else "")
     diverged_b = (" Diverged seeds are left out of the mean; panel titles count them."
                   if diverged_count(agg["summary"]) else "")
+    kind, data_alt, data_caption = dataset_figure_text(study["dataset"], data)
     figs = [
-        (plots.fig_dataset(data), f"Scatter plot of the {study['dataset']} dataset: train and test points of two classes.",
-         f"Dataset {study['dataset']}: {len(data['y_train'])} train points (left), {len(data['y_test'])} test points (right)."),
-        (plots.fig_learning_curves(agg["curves"], variants, colors),
+        (f"dataset-{kind}", plots.fig_dataset(data), data_alt, data_caption),
+        ("curves", plots.fig_learning_curves(agg["curves"], variants, colors),
          f"Learning curves of {name}: train and test accuracy and loss per epoch, mean ± std over seeds, for {names}.",
          f"Learning curves: mean ± 1 std over up to {n} seeds per variant (Keras-history train metrics, "
          f"inference-mode test metrics).{diverged}{more}"),
-        (plots.fig_small_multiples(agg["curves"], variants, colors),
+        ("small-multiples", plots.fig_small_multiples(agg["curves"], variants, colors),
          f"Small multiples of {name}: one panel per variant ({names}) with train and test accuracy.",
          f"One panel per variant: train (dashed) and test (solid) accuracy, mean ± 1 std; dotted line at 80%.{more}"),
-        (plots.fig_final_distribution(agg["per_seed"], variants, colors),
+        ("final", plots.fig_final_distribution(agg["per_seed"], variants, colors),
          f"Box plots of final train and test accuracy of {name} per variant ({names}), with every seed as a point.",
          f"Final accuracy after training: box (quartiles, median) plus every seed as a jittered point.{more}"),
-        (plots.fig_decision_boundaries(boundaries, data, variants),
-         f"Decision boundaries of {name}: mean predicted probability of class 1 over seeds per variant ({names}), "
-         f"with the data.",
-         f"Mean predicted probability of class 1 over seeds (black line: 0.5); filled points train, hollow points "
-         f"test.{diverged_b}{more}"),
     ]
-    return [{"src": plots.fig_to_data_uri(f), "alt": alt, "caption": cap} for f, alt, cap in figs]
+    if boundaries:
+        figs.append(
+            ("boundaries", plots.fig_decision_boundaries(boundaries, data, variants),
+             f"Decision boundaries of {name}: mean predicted probability of class 1 over seeds per variant "
+             f"({names}), with the data.",
+             f"Mean predicted probability of class 1 over seeds (black line: 0.5); filled points train, hollow "
+             f"points test.{diverged_b}{more}"))
+    return [{"kind": k, "src": plots.fig_to_data_uri(f), "alt": alt, "caption": cap} for k, f, alt, cap in figs]
+
+
+def boundary_note(data: dict, boundaries: dict) -> str:
+    """Why a study has no decision-boundary figure, when a reader would expect one ('' otherwise).
+
+    Only 2-D binary data have a boundary to draw; for them a missing figure means no run wrote
+    ``boundary.npz`` (yet). Images, sequences and multi-class data never have one: nothing is said.
+    """
+    binary = len(plots.class_labels(data["y_train"], data["y_test"])) <= 2
+    if boundaries or plots.dataset_kind(data) != "points" or not binary:
+        return ""
+    return "No decision-boundary data (boundary.npz) was found for the runs of this study."
 
 
 def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, published: dict | None,
@@ -592,6 +651,7 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
     colors = plots.variant_colors(shown + points)  # the drawn variants get the distinct colours first
     data = load_npz(results_dir / "datasets" / f"{study['dataset']}.npz")
     runs = results_dir / "runs" / name
+    boundaries = load_boundaries(runs, shown)
     pub = compare_published(published, agg["summary"], agg["per_seed"]) if published else None
     third = third_party_published(published, name)
     tp = compare_published({"studies": {name: third}}, agg["summary"], agg["per_seed"]) if third else None
@@ -602,7 +662,8 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
         "dataset": study["dataset"], "seeds": study.get("seeds"), "training": training,
         "optimizer": ", ".join(f"{k}={v}" for k, v in (training.get("optimizer") or {}).items()),
         "variants": variants_view(study, order),
-        "figures": study_figures(name, study, agg, data, load_boundaries(runs, shown), shown, colors, len(points)),
+        "figures": study_figures(name, study, agg, data, boundaries, shown, colors, len(points)),
+        "figure_note": boundary_note(data, boundaries),
         "grids": [grid_view(i, name, study, g, agg["per_seed"], colors) for g in study.get("grids") or []],
         "summary": summary_table(summary[summary["variant"].isin(shown)]),
         "summary_grid": summary_table(summary[summary["variant"].isin(points)]) if points else None,
