@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI: run the workflow on a real single-node SLURM through snakemake-executor-plugin-slurm and
 # profiles/slurm, and check it against a local run. Needs root and apt-get (Debian 12); where it
-# cannot run it prints a line starting with "SKIP:" and exits 0. Takes 2-3 minutes.
+# cannot run it prints a line starting with "SKIP:" and exits 0. About 4 CPU-minutes of work: 2.5-4.5
+# minutes on a 2-core machine, by how busy it is (every run has a time limit; at most ~9 minutes).
 #
 #  1. Installs slurmctld, slurmd, slurmdbd, munge and MariaDB (apt-get) and starts them directly (no
 #     systemd): one node, accounting through slurmdbd, cluster "reglabci", partition "ci", account
@@ -218,12 +219,13 @@ StoragePass=$DBPASS
 StorageLoc=slurm_acct_db
 EOF
 
-# The node: the machine's cores plus 2 CPU slots, for the two runs that need little CPU (the
-# time-limit job at nice 19, the small grouped run), so that they need not wait for the main run. Its
-# memory: the machine's, at least 16 GB (SlurmdParameters=config_overrides lets a node claim more
-# than it has; SLURM only schedules here: without cgroups nothing is confined).
+# The node: 2 CPU slots per core for the main SLURM run (a tiny job is mostly start-up; more of them
+# at once hide the time each waits for its status check), plus 2 for the side runs that need
+# little CPU (the time-limit job at nice 19, the small grouped run), so that they never wait. Its
+# memory: the machine's, at least 16 GB. (SlurmdParameters=config_overrides lets a node claim more
+# than it has; SLURM only schedules here: without cgroups nothing is confined.)
 read -r REAL_MEM < <(slurmd -C | tr ' ' '\n' | sed -n 's/^RealMemory=//p')
-NCPU=$(($(nproc) + 2))
+NCPU=$((2 * $(nproc) + 2))
 MEM=$((REAL_MEM > 16000 ? REAL_MEM * 9 / 10 : 16000))
 write_conf /etc/slurm/slurm.conf 0644 root:root <<EOF
 # $MARK (and removed again when it ends)
@@ -356,23 +358,25 @@ EOF
 small_config 6 2 >"$WORK/small.yaml"
 small_config 200000 1 >"$WORK/forever.yaml" # many minutes of training
 
-# Each run has a time limit (timeout): on an idle 2-core machine they all end within ~2 minutes.
-log "starting the runs: slurm, local, grouped, timeout, account, partition"
-# the tiny config through the profile on SLURM, and locally
-start_run slurm 480 0 -- "${SLURM_ARGS[@]}" --configfile config/tiny.yaml
-start_run local 480 0 -- --cores 2 --configfile config/tiny.yaml
-# the profile's optional grouping (its commented lines): 2 training jobs in one SLURM job
-start_run grouped 300 0 -- "${SLURM_ARGS[@]}" --groups train=train --group-components train=8 --cores 1 \
-    --configfile "$WORK/small.yaml" --until train
-# a training job that outlives its 1-minute limit, not retried. Its sbatch runs at nice 19 (a
+# Each run has a time limit (timeout), far above what it needs.
+log "starting the runs: timeout, slurm, local, grouped, account, partition"
+# A training job that outlives its 1-minute limit, not retried. Its sbatch runs at nice 19 (a
 # wrapper first in PATH), which SLURM passes on to the job (PropagatePrioProcess=1): it only takes
-# CPU time nothing else wants. SLURM checks time limits every 30 s: the job ends 60-90 s after it
-# starts; the plugin looks 25 s, then 35, 45 s... apart (the first look at ~90-110 s sees the end).
+# CPU time nothing else wants. SLURM checks time limits every 30 s, so the job is killed 60-90 s
+# after it starts; the plugin looks at its jobs d, d+23, d+56, d+99 s after the submission (d <= 13:
+# the first delay, then 10 s more each time nothing ended), so it sees the TIMEOUT at ~100-112 s.
 mkdir -p "$WORK/nice-bin"
 printf '#!/bin/sh\nexec nice -n 19 %s "$@"\n' "$(command -v sbatch)" >"$WORK/nice-bin/sbatch"
 chmod +x "$WORK/nice-bin/sbatch"
 start_run timeout 300 0 PATH="$WORK/nice-bin:$PATH" -- "${SLURM_ARGS[@]}" --configfile "$WORK/forever.yaml" \
-    --retries 0 --set-resources train:runtime=1 --slurm-init-seconds-before-status-checks 25 --until train
+    --retries 0 --set-resources train:runtime=1 --slurm-init-seconds-before-status-checks 13 --until train
+# the tiny config through the profile on SLURM, and locally. The SLURM run keeps at most 2 jobs per
+# core queued or running (--jobs), leaving the node's 2 further slots to the side runs.
+start_run slurm 480 0 -- "${SLURM_ARGS[@]}" --jobs "$((NCPU - 2))" --configfile config/tiny.yaml
+start_run local 480 0 -- --cores 2 --configfile config/tiny.yaml
+# the profile's optional grouping (its commented lines): 2 training jobs in one SLURM job
+start_run grouped 300 0 -- "${SLURM_ARGS[@]}" --groups train=train --group-components train=8 --cores 1 \
+    --configfile "$WORK/small.yaml" --until train
 # an account and a partition SLURM does not know
 start_run account 120 0 REGLAB_SLURM_ACCOUNT=nosuchaccount -- "${SLURM_ARGS[@]}" \
     --configfile "$WORK/small.yaml" --retries 0 --until train
@@ -431,10 +435,10 @@ check_sacct() { # check_sacct NAME JOBS STEPS [CPUS TIMELIMIT]: the run's SLURM 
     sacct -X -n -P --name "$run_id" -S now-1hours -o JobIDRaw,State,AllocCPUS,ReqMem,Timelimit,Elapsed,Comment \
         >"$WORK/$name.sacct-jobs" 2>&1 || true
     ids=$(cut -d'|' -f1 "$WORK/$name.sacct-jobs" | paste -sd, -)
-    sacct -n -P -j "${ids:-0}" -o JobID,JobName,State,Elapsed,MaxRSS >"$WORK/$name.sacct-steps" 2>&1 || true
+    sacct -n -P -j "${ids:-0}" -o JobID,JobName,State,Elapsed,TotalCPU,MaxRSS >"$WORK/$name.sacct-steps" 2>&1 || true
     echo "  the $name run's SLURM jobs (JobID|State|CPUs|ReqMem|Timelimit|Elapsed|Comment):"
     sed 's/^/    /' "$WORK/$name.sacct-jobs"
-    echo "  their job steps (JobID|JobName|State|Elapsed|MaxRSS):"
+    echo "  their job steps, one per training job (JobID|JobName|State|Elapsed|TotalCPU|MaxRSS):"
     grep -E '^[0-9]+\.[0-9]+\|' "$WORK/$name.sacct-steps" | sed 's/^/    /'
     n_jobs=$(grep -c . "$WORK/$name.sacct-jobs" || true)
     n_ok=$(cut -d'|' -f2 "$WORK/$name.sacct-jobs" | grep -c '^COMPLETED$' || true)

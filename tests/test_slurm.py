@@ -113,7 +113,6 @@ def test_gpu_training_jobs_ask_for_memory_for_cuda(tmp_path):
     assert sorted(g - c for c, g in zip(sorted(cpu), sorted(gpu))) == [2048] * len(cpu)
 
 
-@pytest.mark.xfail(strict=True, reason="workflow/rules/train.smk does not use train_gpus yet (resources: gpu=train_gpus)")
 def test_only_gpu_accelerator_requests_a_gpu(tmp_path):
     for accelerator, gpus in [("gpu", 1), ("cpu", 0), ("auto", 0)]:
         out = dry_run(tiny_with(workdir(tmp_path / accelerator), accelerator=accelerator))

@@ -210,3 +210,12 @@ def test_compare_published_rows_and_range():
     row = df.iloc[1]
     assert (row["mean"], row["min"], row["max"], row["n"]) == pytest.approx((0.82, 0.80, 0.84, 3))
     assert row["std"] == pytest.approx(0.02)
+
+
+def test_diverged_seeds_do_not_count_as_never_reaching_80():
+    from reglab.stats import metric_values
+
+    per_seed = pd.DataFrame({"study": "s", "variant": "v", "seed": [0, 1, 2],
+                             "epochs_to_80": [5.0, np.nan, np.nan], "diverged_epoch": [0, 0, 7]})
+    values = metric_values(per_seed, "s", "v", "epochs_to_80")
+    assert values.size == 2 and values[0] == 5.0 and np.isinf(values[1])  # seed 1 never; seed 2 left out

@@ -46,12 +46,12 @@ CURVE_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 PER_SEED_COLUMNS = ("study", "variant", "chunk", "seed", "n_epochs", "final_train_acc",
                     "final_test_acc", "final_train_loss", "final_test_loss", "generalisation_gap",
                     "epochs_to_80", "reached_80", "peak_test_acc", "peak_epoch", "overfit_drop",
-                    "test_acc_volatility", "time_to_80_s")
+                    "test_acc_volatility", "time_to_80_s", "diverged_epoch")
 RUNTIME_COLUMNS = ("study", "variant", "chunk", "n_seeds", "n_epochs", "fit_time_s",
                    "fit_time_per_seed_s", "epoch_time_mean_s", "epoch_time_std_s", "peak_rss_mb",
                    "threads", "accelerator")
 SUMMARY_COLUMNS = (
-    "study", "variant", "n", "n_jobs", "n_epochs",
+    "study", "variant", "n", "diverged", "n_jobs", "n_epochs",
     *(f"final_{s}_acc_{k}" for s in ("train", "test")
       for k in ("mean", "std", "min", "max", "ci_low", "ci_high")),
     "final_train_loss_mean", "final_test_loss_mean", "gap_mean", "gap_std",
@@ -63,7 +63,8 @@ SUMMARY_COLUMNS = (
     "epoch_time_replica_mean_s", "epoch_time_replica_std_s", "time_to_80_mean_s",
 )
 _TOL = 1e-6
-_NAN_OK = {"train_loss", "test_loss"}  # a diverged run may log a NaN loss
+#: metrics a diverged seed leaves empty (NaN) from its diverged_epoch on; checked against it per row
+_NAN_OK = {"train_loss", "train_acc", "test_loss", "test_acc"}
 _INT_COLUMNS = {"seed", "epoch"}
 
 
@@ -113,11 +114,11 @@ def _numeric(raw: pd.Series, path: Path, col: str) -> pd.Series:
     num = pd.to_numeric(raw, errors="coerce")
     if num.isna().any():  # slow path only when something did not parse
         text = raw.fillna("").astype(str).str.strip()
-        empty = text == ""
+        empty = (text == "") & (col not in _NAN_OK)
         if empty.any():
             row = int(np.flatnonzero(empty.to_numpy())[0]) + 1
             raise ResultsError(f"{path}: empty value in column {col!r} at data row {row} (truncated?)")
-        bad = num.isna() & ~(text.str.lower().eq("nan") & (col in _NAN_OK))
+        bad = num.isna() & ~((text.str.lower().eq("nan") | text.eq("")) & (col in _NAN_OK))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise ResultsError(f"{path}: column {col!r} has a bad value {text.iloc[row]!r} at data row {row + 1}")
@@ -198,6 +199,24 @@ def _check_job(run_dir: Path, hist: pd.DataFrame, final: pd.DataFrame, meta: dic
     if expected is not None and n_epochs != expected:
         raise ResultsError(f"{run_dir / 'history.csv'}: epochs 1..{n_epochs}, but meta.json's spec trains "
                            f"{expected} epochs (truncated?)")
+    _check_missing_metrics(run_dir, hist, final)
+
+
+def _check_missing_metrics(run_dir: Path, hist: pd.DataFrame, final: pd.DataFrame) -> None:
+    """Empty metrics are allowed only where a seed diverged: from its diverged_epoch on."""
+    diverged = final.set_index("seed")["diverged_epoch"]
+    metrics = list(_NAN_OK)
+    final_nan = final[metrics].isna().any(axis=1) & (final["diverged_epoch"].to_numpy() == 0)
+    if final_nan.any():
+        seed = int(final.loc[final_nan, "seed"].iloc[0])
+        raise ResultsError(f"{run_dir / 'final.csv'}: seed {seed} has empty metrics but did not diverge (truncated?)")
+    start = hist["seed"].map(diverged).to_numpy()
+    allowed = (start > 0) & (hist["epoch"].to_numpy() >= start)
+    bad = hist[metrics].isna().any(axis=1).to_numpy() & ~allowed
+    if bad.any():
+        row = hist[bad].iloc[0]
+        raise ResultsError(f"{run_dir / 'history.csv'}: seed {int(row['seed'])} epoch {int(row['epoch'])} has empty "
+                           "metrics but the seed did not diverge then (truncated?)")
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -206,6 +225,10 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     meta = _read_meta(run_dir / "meta.json")
     hist = _read_csv(run_dir / "history.csv", HISTORY_COLUMNS)
     final = _read_csv(run_dir / "final.csv", FINAL_COLUMNS)
+    if "diverged_epoch" in final.columns:
+        final["diverged_epoch"] = _numeric(final["diverged_epoch"].astype(str), run_dir / "final.csv", "diverged_epoch")
+    else:  # files written before divergence was recorded
+        final["diverged_epoch"] = 0
     _check_job(run_dir, hist, final, meta)
     hist = hist.sort_values(["seed", "epoch"], kind="stable").reset_index(drop=True)
     return hist, final.sort_values("seed", kind="stable").reset_index(drop=True), meta
@@ -243,7 +266,13 @@ def seed_metrics(hist: pd.DataFrame, final: pd.DataFrame, n_seeds: int, threshol
         "test_acc_volatility": (np.abs(np.diff(acc, axis=1)).mean(axis=1) if acc.shape[1] > 1
                                 else np.full(len(seeds), np.nan)),
         "time_to_80_s": np.where(any_reached, cum[first], np.nan),
+        "diverged_epoch": fin["diverged_epoch"].to_numpy(dtype=int),
     })
+    diverged = out["diverged_epoch"].to_numpy() > 0  # no metric of a diverged seed counts
+    if diverged.any():
+        out["reached_80"] &= ~diverged
+        for col in out.columns.difference(["seed", "n_epochs", "diverged_epoch", "reached_80"]):
+            out[col] = out[col].astype(float).where(~diverged)
     return out
 
 
@@ -290,14 +319,20 @@ def _mean(x) -> float:
 
 
 def summary_row(ps: pd.DataFrame, rt: pd.DataFrame, epoch_times: list[tuple[np.ndarray, int]]) -> dict:
-    """One summary.csv row from a variant's per-seed rows, runtime rows and (job epoch times, n_seeds)."""
-    row = {"study": ps["study"].iloc[0], "variant": ps["variant"].iloc[0], "n": len(ps),
-           "n_jobs": len(rt), "n_epochs": int(ps["n_epochs"].max())}
+    """One summary.csv row from a variant's per-seed rows, runtime rows and (job epoch times, n_seeds).
+
+    Diverged seeds are left out of every statistic: ``n`` counts the others, ``diverged`` them.
+    """
+    ok = ps["diverged_epoch"].fillna(0).to_numpy() == 0
+    row = {"study": ps["study"].iloc[0], "variant": ps["variant"].iloc[0], "n": int(ok.sum()),
+           "diverged": int((~ok).sum()), "n_jobs": len(rt), "n_epochs": int(ps["n_epochs"].max())}
+    ps = ps[ok]
     for split in ("train", "test"):
         x = ps[f"final_{split}_acc"].to_numpy(float)
         m, lo, hi = mean_ci(x)
         row.update({f"final_{split}_acc_mean": m, f"final_{split}_acc_std": _std(x),
-                    f"final_{split}_acc_min": float(np.nanmin(x)), f"final_{split}_acc_max": float(np.nanmax(x)),
+                    f"final_{split}_acc_min": float(x.min()) if x.size else math.nan,
+                    f"final_{split}_acc_max": float(x.max()) if x.size else math.nan,
                     f"final_{split}_acc_ci_low": lo, f"final_{split}_acc_ci_high": hi})
     job = np.concatenate([t for t, _ in epoch_times])
     replica = np.concatenate([t / n for t, n in epoch_times])

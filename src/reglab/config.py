@@ -287,7 +287,10 @@ def _cross_reference_errors(config: dict):
             continue
         shape, n_classes = dataset_input(datasets[study["dataset"]])
         for variant, layers in study["variants"].items():
-            yield from _shape_errors(["studies", name, "variants", variant], layers, shape, n_classes)
+            path = ["studies", name, "variants", variant]
+            if variant in study["variant_training"]:  # written as {layers, training}
+                path.append("layers")
+            yield from _shape_errors(path, layers, shape, n_classes)
     for name, study in studies.items():
         for g, grid in enumerate(study.get("grids", [])):
             if grid["id"] in study["variants"] and grid["id"] not in grid["variants"]:

@@ -4,8 +4,12 @@ Layout: feature maps are **channels-first** with the replica axis in front, ``[S
 (Keras' ``data_format="channels_first"`` with a leading replica axis). A convolution runs all S
 replicas as ONE grouped convolution: the maps are viewed as ``[B, S*C, H, W]`` and the kernels as
 ``[S*filters, C, kh, kw]`` with ``groups=S``, so group ``r`` sees only replica ``r``'s maps and
-kernel. The result is returned as a ``[S, B, ...]`` view of a ``[B, S, ...]``-contiguous tensor,
-so a following convolution or pooling needs no copy to regroup it.
+kernel. Pooling works on the same ``[B, S*C, H, W]`` view (it is per map).
+
+Memory: the grouped convolution runs in torch's ``channels_last`` format (oneDNN's grouped
+convolution is up to ~2x faster in it on CPU), so a layer's output ``[S, B, F, H, W]`` is a view of
+memory ordered ``[B, H, W, S, F]``; the next convolution or pooling regroups it without a copy.
+Elementwise layers (activations, BatchNorm, SpatialDropout2D) accept any strides.
 """
 
 from __future__ import annotations
@@ -27,14 +31,9 @@ def _as_batch_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(b, s * x.shape[2], *x.shape[3:])
 
 
-def _spatial(fn, x: torch.Tensor) -> torch.Tensor:
-    """Apply a per-map 4-D op ``fn`` to ``[S, B, C, H, W]`` by folding S and B, in whichever order is free."""
-    s, b = x.shape[:2]
-    if x.transpose(0, 1).is_contiguous():
-        y = fn(x.transpose(0, 1).reshape(b * s, *x.shape[2:]))
-        return y.view(b, s, *y.shape[1:]).transpose(0, 1)
-    y = fn(x.reshape(s * b, *x.shape[2:]))
-    return y.view(s, b, *y.shape[1:])
+def _from_batch_major(y: torch.Tensor, replicas: int) -> torch.Tensor:
+    """``[B, S*C, H, W]`` (any memory format) -> the ``[S, B, C, H, W]`` view."""
+    return y.unflatten(1, (replicas, -1)).transpose(0, 1)
 
 
 class Conv2D(nn.Module):
@@ -81,11 +80,12 @@ class Conv2D(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, b = x.shape[:2]
-        weight = self.kernel.reshape(s * self.filters, self.in_channels, *self.kernel_size)
+        s = x.shape[0]
+        cl = torch.channels_last
+        weight = self.kernel.reshape(s * self.filters, self.in_channels, *self.kernel_size).contiguous(memory_format=cl)
         bias = None if self.bias is None else self.bias.reshape(-1)
-        y = F.conv2d(_as_batch_major(x), weight, bias, padding=self.padding, groups=s)
-        y = y.view(b, s, self.filters, *y.shape[2:]).transpose(0, 1)
+        xb = _as_batch_major(x).contiguous(memory_format=cl)
+        y = _from_batch_major(F.conv2d(xb, weight, bias, padding=self.padding, groups=s), s)
         return y if self._act is None else self._act(y)
 
 
@@ -99,7 +99,7 @@ class MaxPooling2D(nn.Module):
         self.strides = self.pool_size if strides is None else _pair(strides)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _spatial(lambda t: F.max_pool2d(t, self.pool_size, self.strides), x)
+        return _from_batch_major(F.max_pool2d(_as_batch_major(x), self.pool_size, self.strides), x.shape[0])
 
 
 class Flatten(nn.Module):

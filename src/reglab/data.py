@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def load_dataset(path: str | os.PathLike) -> dict[str, np.ndarray]:
             data = {k: np.asarray(npz[k], dtype=np.float32) for k in KEYS}
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"dataset file {path}: cannot be read ({exc})") from None
     for split in ("train", "test"):
         x, y = data[f"x_{split}"], data[f"y_{split}"]

@@ -191,8 +191,11 @@ def cohens_d_one_sample(x, mu: float = 0.0) -> float:
 
 # --------------------------------------------------------------------------- claims
 def metric_values(per_seed: pd.DataFrame, study: str | None, variant: str, metric: str) -> np.ndarray:
-    """Per-seed values of ``metric`` for one variant; a "never" metric's missing values -> NEVER_VALUE."""
+    """Per-seed values of ``metric`` for one variant; a "never" metric's missing values -> NEVER_VALUE.
+    Diverged seeds (``diverged_epoch`` > 0) are left out."""
     rows = per_seed
+    if "diverged_epoch" in rows.columns:
+        rows = rows[pd.to_numeric(rows["diverged_epoch"], errors="coerce").fillna(0) == 0]
     if study is not None and "study" in rows.columns:
         rows = rows[rows["study"].astype(str) == str(study)]
     vals = pd.to_numeric(rows.loc[rows["variant"].astype(str) == str(variant), metric], errors="coerce")

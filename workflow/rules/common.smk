@@ -72,48 +72,63 @@ def train_mem_mb(wildcards, attempt):
     """Memory (MB) for a training job: framework base plus activations of all replicas (x attempt).
 
     Measured once with the train rule's benchmark files (benchmarks/train/*.tsv, max_rss; torch 2.13
-    CPU, 1 thread, 2 jobs at a time on a 2-core VM): 464-468 MB for each job of config/tiny.yaml,
-    471-589 MB for each job of config/config.yaml (10 seeds; 500-unit dropout/noise jobs the largest).
-    Python, torch and Lightning are ~460 MB of that; the replicas' weights and activations a few MB.
-    A base of 768 MB plus the activation estimate asks 1.4-1.7x the measured peaks. A GPU job also
-    maps the CUDA libraries (not measured here: an allowance of 2 GB). Retries ask attempt x as much.
+    CPU, 1 thread): 464-470 MB for each job of config/tiny.yaml; for config/config.yaml 474-589 MB
+    for the MLP jobs (10 seeds; the 500-unit dropout/noise ones the largest), 431-557 MB for CNN,
+    417-528 MB for LSTM jobs, and 689-728 MB for the grid packs of 9-10 variants (a pack holds its
+    variants' results: ~26 MB more per variant). Python, torch and Lightning are ~460 MB of it.
+    768 MB + the activation estimate + 32 MB per further variant of a pack asks 1.3-1.7x the
+    measured peaks. A GPU job also maps the CUDA libraries (not measured here: an allowance of
+    2 GB). Retries ask attempt x as much.
     """
-    spec = train_specs(wildcards)[0]
+    specs = train_specs(wildcards)
     seeds = len(chunk_seeds(config, wildcards.study, int(wildcards.chunk)))
-    widest = max(
-        (layer["dense"]["units"] for layer in spec["layers"] if "dense" in layer),
-        default=1,
-    )
-    n = spec["dataset"]["params"]["n_samples"]
-    activations_mb = seeds * n * widest * 4 * 16 / 1e6
-    base_mb = 768 + (2048 if config["accelerator"] == "gpu" else 0)
+    activations_mb = 0
+    for spec in specs:
+        widest = max(
+            (layer["dense"]["units"] for layer in spec["layers"] if "dense" in layer),
+            default=1,
+        )
+        n = spec["dataset"]["params"]["n_samples"]
+        activations_mb = max(activations_mb, seeds * n * widest * 4 * 16 / 1e6)
+    base_mb = 768 + 32 * (len(specs) - 1)
+    if config["accelerator"] == "gpu":
+        base_mb += 2048
     return int((base_mb + activations_mb) * attempt)
 
 
 def train_runtime(wildcards, attempt):
-    """Minutes for a training job: startup + per-step overhead + arithmetic (x attempt).
+    """Minutes for a training job: startup + per-step cost of each variant of the pack (x attempt).
 
     Measured once with the train rule's benchmark files (benchmarks/train/*.tsv, wall seconds; 1
-    thread, 2 jobs at a time on a 2-core VM): config/tiny.yaml 6-10 s a job (24-40 steps: startup
-    dominates); config/config.yaml 9-18 s (mean 14) for batchnorm (1,600 steps, 10 replicas x 50
-    units) and 15-32 s (mean 24) for dropout/noise (4,000 steps, 10 replicas x 500 units): ~5 s of
-    startup and ~5 ms per optimizer step; the replica-batched matmuls are small. The estimate (10 s +
-    5 ms a step + multiply-adds at 5 GFLOP/s: 10, 18 and 32 s) is 1.3-1.4x the mean of each group
-    and above all but one job's time. SLURM counts whole minutes: these jobs ask for 1 (then 2, 3).
+    thread): config/tiny.yaml 6-13 s a job (24-40 steps: startup dominates). config/config.yaml,
+    one job at a time: 20 s for a 500-unit MLP (4,000 steps of 10 replicas), 9 s for a CNN
+    (300 steps), 18 s for an LSTM (240 steps); two at a time on 2 cores 9-18 s for the 50-unit MLPs
+    (1,600 steps) and 15-32 s for the 500-unit ones; a grid pack trains its 9-10 variants one after
+    another (120-150 CPU s, 430-480 s wall when the machine was shared 3 ways). That is ~5 s of
+    startup and per optimizer step ~3-5 ms (MLP), ~14 ms (CNN), ~52 ms (LSTM). The estimate below
+    (10 s + per step 5, 20 or 60 ms + multiply-adds at 5 GFLOP/s, for each variant) is 1.0-1.9x the
+    measured times (32 s for a 500-unit MLP, 16 s CNN, 24 s LSTM, 230 s for a pack of 10). SLURM
+    counts whole minutes: single jobs ask for 1 minute, packs 4 (then 2x, 3x on the retries).
     """
-    specs = train_specs(wildcards)
-    spec = specs[0]
-    seeds = len(chunk_seeds(config, wildcards.study, int(wildcards.chunk))) * len(specs)
-    n_train = spec["dataset"]["n_train"]
-    batch = min(spec["training"]["batch_size"], n_train)
-    steps = spec["training"]["epochs"] * -(-n_train // spec["training"]["batch_size"])
-    widest = max(
-        (layer["dense"]["units"] for layer in spec["layers"] if "dense" in layer),
-        default=1,
-    )
-    # multiply-adds of the forward and backward pass through the widest layers
-    flops = steps * seeds * batch * widest * 18
-    seconds = 10 + steps * 0.005 + flops / 5e9
+    step_seconds = {"dense": 0.005, "conv2d": 0.020, "lstm": 0.060}
+    seeds = len(chunk_seeds(config, wildcards.study, int(wildcards.chunk)))
+    seconds = 10
+    for spec in train_specs(wildcards):  # a pack's variants train one after another
+        n_train = spec["dataset"]["n_train"]
+        batch_size = spec["training"]["batch_size"]
+        batch = min(batch_size, n_train)
+        steps = spec["training"]["epochs"] * -(-n_train // batch_size)
+        per_step = max(
+            [step_seconds.get(kind, 0) for layer in spec["layers"] for kind in layer]
+            + [step_seconds["dense"]]
+        )
+        widest = max(
+            (layer["dense"]["units"] for layer in spec["layers"] if "dense" in layer),
+            default=1,
+        )
+        # multiply-adds of the forward and backward pass through the widest dense layers
+        flops = steps * seeds * batch * widest * 18
+        seconds += steps * per_step + flops / 5e9
     return int(-(-seconds // 60)) * attempt
 
 

@@ -13,6 +13,7 @@ rule train:
     resources:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
+        gpu=train_gpus,
     params:
         spec=train_spec_json,
         seeds=train_seeds,
