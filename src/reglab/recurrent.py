@@ -4,6 +4,11 @@ Input sequences are ``[S, B, T, F]`` (replica, sample, time, feature). The recur
 :class:`_Recurrence`, an autograd Function with a hand-written backward through time: each step is
 one batched matmul over all replicas (inputs, state and bias at once) and a few elementwise ops,
 with no autograd graph per step.
+
+Speed (CPU, one thread, S=10, B=32, forward+backward; a shared machine, +-20%): about 0.85-0.9x
+the time of 10 separate ``nn.LSTM`` calls, whose CPU kernels are fused (oneDNN); the same LSTM
+built from per-step autograd ops took ~3x their time. It does not beat torch's fused LSTM on CPU;
+it exists for Keras' semantics (recurrent dropout, initialisers) and per-replica random streams.
 """
 
 from __future__ import annotations
@@ -173,7 +178,7 @@ class LSTM(RandomDraws):
         return self._draw(like, "uniform_").lt_(keep).mul_(1.0 / keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, b, t, f = x.shape
+        s, b, _, f = x.shape
         u = self.units
         train = self.training
         if train and self.dropout > 0.0:
