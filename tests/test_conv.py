@@ -10,21 +10,9 @@ from torch import nn
 
 from reglab import conv as C
 from reglab import layers as L
-from reglab.model import STREAM_INIT, STREAM_NOISE, seed_generator
+from reglab.model import STREAM_INIT
 
-S = 3
-
-
-def gens(seeds=range(S), stream=STREAM_NOISE):
-    return [seed_generator(s, stream) for s in seeds]
-
-
-def per_replica_grads(out, ref_outs, params, ref_params):
-    """Backprop the same random cotangent through the batched layer and each reference."""
-    cot = torch.randn_like(out)
-    grads = torch.autograd.grad(out, params, cot)
-    ref_grads = [torch.autograd.grad(o, p, cot[r]) for r, (o, p) in enumerate(zip(ref_outs, ref_params))]
-    return grads, ref_grads
+from replicas import S, gens, per_replica_grads  # tests/replicas.py
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reglab.layers import ACTIVATIONS, RandomDraws, keras_init_
+from reglab.layers import ACTIVATIONS, RandomDraws, dropout_mask, keras_init_
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -124,7 +124,4 @@ class SpatialDropout2D(RandomDraws):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.rate == 0.0:
             return x
-        keep = 1.0 - self.rate
-        like = x.new_empty(*x.shape[:3], 1, 1)
-        mask = self._draw(like, "uniform_").lt_(keep).mul_(1.0 / keep)
-        return x * mask
+        return x * dropout_mask(x.new_empty(*x.shape[:3], 1, 1), self.generators, self.rate)

@@ -42,6 +42,13 @@ def draw_per_replica(like: torch.Tensor, generators: list[torch.Generator], fill
     return out
 
 
+def dropout_mask(like: torch.Tensor, generators: list[torch.Generator], rate: float) -> torch.Tensor:
+    """An inverted-dropout mask shaped like ``like``: 1/(1-rate) where kept, 0 where dropped; slice r
+    drawn from generator r. (A float mask made in place: bool masks take a slow path.)"""
+    keep = 1.0 - rate
+    return draw_per_replica(like, generators, "uniform_").lt_(keep).mul_(1.0 / keep)
+
+
 class RandomDraws(nn.Module):
     """Base for layers that draw fresh per-replica random numbers in training only.
 
@@ -209,10 +216,7 @@ class Dropout(RandomDraws):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.rate == 0.0:
             return x
-        keep = 1.0 - self.rate
-        # Float mask (1/keep where kept, else 0) computed in place: bool masks take a slow path.
-        mask = self._draw(x, "uniform_").lt_(keep).mul_(1.0 / keep)
-        return x * mask
+        return x * dropout_mask(x, self.generators, self.rate)
 
 
 class GaussianNoise(RandomDraws):

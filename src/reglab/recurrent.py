@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from reglab.layers import RandomDraws, keras_init_
+from reglab.layers import RandomDraws, dropout_mask, keras_init_
 
 #: Per gate (i, f, c, o), the factor on the weights fed to :class:`_Recurrence`: the c gate's
 #: doubled, so that one sigmoid serves all four gates (``tanh(z) = 2*sigmoid(2z) - 1``).
@@ -173,19 +173,15 @@ class LSTM(RandomDraws):
             self.bias.zero_()
             self.bias[:, :, u : 2 * u] = 1.0
 
-    def _mask(self, like: torch.Tensor, rate: float) -> torch.Tensor:
-        keep = 1.0 - rate
-        return self._draw(like, "uniform_").lt_(keep).mul_(1.0 / keep)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, b, _, f = x.shape
         u = self.units
         train = self.training
         if train and self.dropout > 0.0:
-            x = x * self._mask(x.new_empty(s, b, 1, f), self.dropout)
+            x = x * dropout_mask(x.new_empty(s, b, 1, f), self.generators, self.dropout)
         rec_mask = None
         if train and self.recurrent_dropout > 0.0:
-            rec_mask = self._mask(x.new_empty(s, b, u), self.recurrent_dropout).transpose(1, 2).contiguous()
+            rec_mask = dropout_mask(x.new_empty(s, b, u), self.generators, self.recurrent_dropout).transpose(1, 2).contiguous()
         scale = x.new_tensor(GATE_SCALE).repeat_interleave(u)  # [4U]
         w = torch.cat([self.kernel, self.recurrent_kernel, self.bias], dim=1) * scale  # [S, F+U+1, 4U]
         hs = _Recurrence.apply(x.permute(2, 0, 3, 1), w, rec_mask)  # [T, S, U, B]
