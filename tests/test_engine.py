@@ -179,7 +179,7 @@ def test_a_diverging_replica_is_marked_and_does_not_disturb_the_others(data):
         module.net.head.kernel[1].fill_(float("nan"))  # replica 1 is broken from the start
     make_trainer("cpu").fit(module)
     assert module.diverged_epoch.tolist() == [0, 1, 0]
-    assert np.isnan(module.history["test_acc"][:, 1]).all()
+    assert torch.isnan(module.history["test_acc"][:, 1]).all()
     healthy = train(s, data, [0, 2])
     np.testing.assert_allclose(module.history["test_acc"][:, [0, 2]].numpy(), healthy.history["test_acc"], atol=1e-6)
     assert healthy.diverged_epoch.tolist() == [0, 0]

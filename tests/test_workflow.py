@@ -152,4 +152,5 @@ def test_snakemake_report_packages_the_html_report(tiny_run):
 
     with zipfile.ZipFile(tiny_run / "report" / "snakemake.zip") as zf:
         names = zf.namelist()
-    assert any(name.endswith("index.html") and "report/index.html" in name.replace("\\", "/") for name in names), names
+    assert "snakemake/report.html" in names
+    assert any(name.startswith("snakemake/data/") and name.endswith("/index.html") for name in names), names
