@@ -31,6 +31,7 @@ from reglab import results as results_module
 from reglab.aggregate import ResultsError, aggregate_study
 from reglab.cli import main
 from reglab.config import study_packs, validate_config, variant_spec
+from workdirs import make_workdir  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = {"epoch_time_s", "time_to_80_s"}
@@ -51,14 +52,6 @@ def only_study(config: dict, study: str) -> dict:
     return config
 
 
-def make_workdir(path: Path, config: dict) -> Path:
-    """A copy of the workflow (as tests/test_workflow.py makes it) with ``config`` as config/tiny.yaml."""
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", path)
-    for sub in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / sub, path / sub, dirs_exist_ok=True)
-    (path / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def snakemake_argv(*args: str) -> list[str]:

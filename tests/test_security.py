@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from reglab.config import ConfigError, validate_config
+from workdirs import make_workdir  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "reglab"
@@ -149,13 +149,6 @@ def test_the_wildcard_constraint_is_the_schema_name_pattern():
     assert re.search(r'^\s+chunk=r"\\d\+",$', common, re.M)
 
 
-def make_workdir(path: Path, config: dict) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", path)
-    for sub in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / sub, path / sub, dirs_exist_ok=True)
-    (path / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:

@@ -2,26 +2,19 @@
 SLURM, checked against a local run (slow: .ci/slurm.sh, which needs root and apt-get)."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from workdirs import make_workdir as workdir  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 SCRIPT = REPO / ".ci" / "slurm.sh"
 
 
-def workdir(path: Path) -> Path:
-    """A copy of the workflow (Snakefile, rules, configs, profiles) to plan in isolation."""
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", path)
-    for sub in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / sub, path / sub, dirs_exist_ok=True)
-    return path
 
 
 def dry_run(work: Path, *args: str, **env: str) -> str:

@@ -11,20 +11,12 @@ import pytest
 import yaml
 
 from reglab.config import validate_config
+from workdirs import make_workdir  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = {"epoch_time_s", "time_to_80_s"}
 
 
-def make_workdir(path: Path, config: dict | None = None) -> Path:
-    """A copy of the workflow (Snakefile, rules, configs, profiles) to run in isolation."""
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", path)
-    for sub in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / sub, path / sub, dirs_exist_ok=True)
-    if config is not None:
-        (path / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

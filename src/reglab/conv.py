@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reglab.layers import ACTIVATIONS, RandomDraws, dropout_mask, keras_init_
+from reglab.layers import ACTIVATIONS, Dropout, keras_init_
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -113,15 +113,9 @@ class Flatten(nn.Module):
         return x.flatten(2)
 
 
-class SpatialDropout2D(RandomDraws):
+class SpatialDropout2D(Dropout):
     """Keras ``SpatialDropout2D(rate)``: drops whole feature maps (one Bernoulli draw per replica,
     sample and channel), scales kept maps by 1/(1-rate); identity in inference."""
 
-    def __init__(self, rate: float) -> None:
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
-            return x
-        return x * dropout_mask(x.new_empty(*x.shape[:3], 1, 1), self.generators, self.rate)
+    def mask_like(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(*x.shape[:3], 1, 1)

@@ -213,10 +213,14 @@ class Dropout(RandomDraws):
         super().__init__()
         self.rate = rate
 
+    def mask_like(self, x: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like the mask: one draw per element (subclasses share draws across axes)."""
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.rate == 0.0:
             return x
-        return x * dropout_mask(x, self.generators, self.rate)
+        return x * dropout_mask(self.mask_like(x), self.generators, self.rate)
 
 
 class GaussianNoise(RandomDraws):
