@@ -105,10 +105,12 @@ def train_runtime(wildcards, attempt):
     (300 steps), 18 s for an LSTM (240 steps); two at a time on 2 cores 9-18 s for the 50-unit MLPs
     (1,600 steps) and 15-32 s for the 500-unit ones; a grid pack trains its 9-10 variants one after
     another (120-150 CPU s, 430-480 s wall when the machine was shared 3 ways). That is ~5 s of
-    startup and per optimizer step ~3-5 ms (MLP), ~14 ms (CNN), ~52 ms (LSTM). The estimate below
-    (10 s + per step 5, 20 or 60 ms + multiply-adds at 5 GFLOP/s, for each variant) is 1.0-1.9x the
-    measured times (32 s for a 500-unit MLP, 16 s CNN, 24 s LSTM, 230 s for a pack of 10). SLURM
-    counts whole minutes: single jobs ask for 1 minute, packs 4 (then 2x, 3x on the retries).
+    startup and per optimizer step ~3-5 ms (MLP), ~14 ms (CNN), ~52 ms (LSTM). With 50 seeds
+    (stress run of the three seed studies, 4 jobs on 2 cores): 19-26 s for the 50-unit MLPs, 67-124 s
+    for the 500-unit ones, where per-replica random draws dominate. The estimate below (10 s + per
+    step 5, 20 or 60 ms + multiply-adds at 1.5 GFLOP/s, for each variant) is 1.0-1.9x the measured
+    times (37 s for a 500-unit MLP of 10 seeds, 66 s of 50 seeds). SLURM counts whole minutes:
+    single jobs of 10 seeds ask for 1 minute, packs several (then 2x, 3x on the retries).
     """
     step_seconds = {"dense": 0.005, "conv2d": 0.020, "lstm": 0.060}
     seeds = len(chunk_seeds(config, wildcards.study, int(wildcards.chunk)))
@@ -128,7 +130,7 @@ def train_runtime(wildcards, attempt):
         )
         # multiply-adds of the forward and backward pass through the widest dense layers
         flops = steps * seeds * batch * widest * 18
-        seconds += steps * per_step + flops / 5e9
+        seconds += steps * per_step + flops / 1.5e9
     return int(-(-seconds // 60)) * attempt
 
 
