@@ -12,7 +12,7 @@ from reglab import conv as C
 from reglab import layers as L
 from reglab.model import STREAM_INIT
 
-from replicas import S, gens, per_replica_grads  # tests/replicas.py
+from replicas import S, bn_reference, gens, per_replica_grads  # tests/replicas.py
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
@@ -118,14 +118,6 @@ def test_flatten_is_channels_first():
     torch.testing.assert_close(y[1, 0], x[1, 0].reshape(-1))
 
 
-def conv_bn_reference(x, momentum, eps, moving_mean, moving_var):
-    """Keras' BatchNormalization(axis=channels) training step in numpy for maps [B, C, H, W]."""
-    mean = x.mean(axis=(0, 2, 3))
-    var = (x**2).mean(axis=(0, 2, 3)) - mean**2  # biased
-    y = (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + eps)
-    return y, moving_mean * momentum + mean * (1 - momentum), moving_var * momentum + var * (1 - momentum)
-
-
 @pytest.mark.parametrize("momentum", [0.99, 0.0])
 def test_batchnorm_over_channels_matches_keras_formula_and_moving_stats(momentum):
     torch.manual_seed(4)
@@ -135,8 +127,9 @@ def test_batchnorm_over_channels_matches_keras_formula_and_moving_stats(momentum
         before_m, before_v = bn.moving_mean.clone(), bn.moving_variance.clone()
         y = bn(x)
         for r in range(S):
-            ref, m, v = conv_bn_reference(
-                x[r].double().numpy(), momentum, 1e-3, before_m[r, 0].double().numpy(), before_v[r, 0].double().numpy()
+            ref, m, v = bn_reference(  # maps [B, C, H, W]: statistics per channel
+                x[r].double().numpy(), momentum, 1e-3, before_m[r, 0].double().numpy(), before_v[r, 0].double().numpy(),
+                axis=1,
             )
             np.testing.assert_allclose(y[r].detach().numpy(), ref, atol=1e-5)
             np.testing.assert_allclose(bn.moving_mean[r, 0].numpy(), m, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from reglab import layers as L
 from reglab.model import STREAM_NOISE, ReplicaNet, seed_generator
 
-from replicas import S, gens, per_replica_grads  # tests/replicas.py
+from replicas import S, bn_reference, gens, per_replica_grads  # tests/replicas.py
 
 
 @pytest.mark.parametrize("units", [1, 7])
@@ -64,14 +64,6 @@ def test_dense_bias_starts_at_zero_and_replicas_differ():
     layer.reset_parameters(gens(stream=0))
     assert torch.count_nonzero(layer.bias) == 0
     assert not torch.equal(layer.kernel[0], layer.kernel[1])
-
-
-def bn_reference(x, momentum, eps, moving_mean, moving_var):
-    """Keras' BatchNormalization training step in numpy: output and updated moving statistics."""
-    mean = x.mean(axis=0)
-    var = (x**2).mean(axis=0) - mean**2  # biased, as Keras computes it
-    y = (x - mean) / np.sqrt(var + eps)
-    return y, moving_mean * momentum + mean * (1 - momentum), moving_var * momentum + var * (1 - momentum)
 
 
 @pytest.mark.parametrize("momentum", [0.99, 0.0])

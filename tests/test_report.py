@@ -50,16 +50,21 @@ class Collector(HTMLParser):
         return next((d for d in reversed(self.divs) if d), None)
 
 
-@pytest.fixture(scope="module")
-def rendered(make_synthetic_results, tmp_path_factory):
-    """(html, parsed tags, SyntheticResults) of the default synthetic report, rendered once per module."""
-    syn = make_synthetic_results(tmp_path_factory.mktemp("report"))
+def render_and_parse(syn, out):
+    """Aggregate a synthetic tree, render its report to ``out``; (html, Collector) of the page."""
     syn.aggregate()
-    out = syn.root / "report" / "index.html"
     render_report(syn.config, syn.results_dir, out, provenance=PROVENANCE)
     html = out.read_text()
     parser = Collector()
     parser.feed(html)
+    return html, parser
+
+
+@pytest.fixture(scope="module")
+def rendered(make_synthetic_results, tmp_path_factory):
+    """(html, parsed tags, SyntheticResults) of the default synthetic report, rendered once per module."""
+    syn = make_synthetic_results(tmp_path_factory.mktemp("report"))
+    html, parser = render_and_parse(syn, syn.root / "report" / "index.html")
     return html, parser.tags, syn
 
 
@@ -165,12 +170,7 @@ def test_render_writes_atomically(rendered):
 def rendered_grid(make_synthetic_results, tmp_path_factory):
     """(html, Collector, SyntheticResults) of the synthetic report with the ``bn_ext`` grid study."""
     syn = make_synthetic_results(tmp_path_factory.mktemp("grid"), grid=True)
-    syn.aggregate()
-    out = syn.root / "index.html"
-    render_report(syn.config, syn.results_dir, out, provenance=PROVENANCE)
-    html = out.read_text()
-    parser = Collector()
-    parser.feed(html)
+    html, parser = render_and_parse(syn, syn.root / "index.html")
     return html, parser, syn
 
 
@@ -507,12 +507,7 @@ def rendered_kinds(make_synthetic_results, tmp_path_factory):
     root = tmp_path_factory.mktemp("kinds")
     syn = make_synthetic_results(root, images=True, sequences=True)
     syn.config["claims"] = [*syn.config["claims"], KIND_CLAIM]
-    syn.aggregate()
-    out = root / "index.html"
-    render_report(syn.config, syn.results_dir, out, provenance=PROVENANCE)
-    html = out.read_text()
-    parser = Collector()
-    parser.feed(html)
+    html, parser = render_and_parse(syn, root / "index.html")
     return html, parser, syn
 
 
