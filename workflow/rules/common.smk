@@ -68,6 +68,14 @@ def train_seeds(wildcards):
     )
 
 
+def widest_dense(spec):
+    """Units of a variant's widest dense layer (1 without one)."""
+    return max(
+        (layer["dense"]["units"] for layer in spec["layers"] if "dense" in layer),
+        default=1,
+    )
+
+
 def train_mem_mb(wildcards, attempt):
     """Memory (MB) for a training job: framework base plus activations of all replicas (x attempt).
 
@@ -84,10 +92,7 @@ def train_mem_mb(wildcards, attempt):
     seeds = len(chunk_seeds(config, wildcards.study, int(wildcards.chunk)))
     activations_mb = 0
     for spec in specs:
-        widest = max(
-            (layer["dense"]["units"] for layer in spec["layers"] if "dense" in layer),
-            default=1,
-        )
+        widest = widest_dense(spec)
         n = spec["dataset"]["params"]["n_samples"]
         activations_mb = max(activations_mb, seeds * n * widest * 4 * 16 / 1e6)
     base_mb = 768 + 32 * (len(specs) - 1)
@@ -124,10 +129,7 @@ def train_runtime(wildcards, attempt):
             [step_seconds.get(kind, 0) for layer in spec["layers"] for kind in layer]
             + [step_seconds["dense"]]
         )
-        widest = max(
-            (layer["dense"]["units"] for layer in spec["layers"] if "dense" in layer),
-            default=1,
-        )
+        widest = widest_dense(spec)
         # multiply-adds of the forward and backward pass through the widest dense layers
         flops = steps * seeds * batch * widest * 18
         seconds += steps * per_step + flops / 1.5e9
