@@ -17,7 +17,6 @@ from reglab.module import HISTORY_METRICS
 from reglab.train import TrainResult
 
 SCHEMA_VERSION = 1
-RUN_FILES = ("history.csv", "final.csv", "boundary.npz", "meta.json")
 
 
 def atomic_write(path: Path, write) -> None:
