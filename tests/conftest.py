@@ -270,7 +270,7 @@ def write_synthetic_results(root: Path, titles: dict | None = None, claims: list
         config["studies"][study] = {
             "title": (titles or {}).get(study, title), "dataset": dataset, "seeds": N_SEEDS,
             "training": {"optimizer": {"name": "adam", "lr": 0.001}, "epochs": N_EPOCHS, "batch_size": 32},
-            "variants": {v: p[0] for v, p in variants.items()},
+            "variants": {v: p[0] for v, p in variants.items()}, "grids": [], "variant_training": {},
         }
         if grids:
             config["studies"][study] |= {"grids": grids, "variant_training": copy.deepcopy(GRID_VARIANT_TRAINING)}

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reglab.aggregate import (CURVE_METRICS, PER_SEED_COLUMNS, RUNTIME_COLUMNS, SUMMARY_COLUMNS, ResultsError,
-                              aggregate_study)
+from reglab.aggregate import RUNTIME_COLUMNS, ResultsError, aggregate_study, per_seed_columns, summary_columns
+from reglab.contract import HISTORY_METRICS
 
 # seed 0 passes 80% at epoch 2, peaks at epoch 3, ends at 0.7; seed 1 never reaches 80%
 TEST_ACC = {0: [0.5, 0.8, 0.9, 0.7], 1: [0.5, 0.6, 0.7, 0.75]}
@@ -42,10 +42,10 @@ def tiny(tmp_path):
 
 def test_per_seed_values_by_hand(tiny):
     ps = tiny["per_seed"].set_index("seed")
-    assert list(tiny["per_seed"].columns) == list(PER_SEED_COLUMNS)
+    assert list(tiny["per_seed"].columns) == list(per_seed_columns())
     s0, s1 = ps.loc[0], ps.loc[1]
-    assert s0["epochs_to_80"] == 2 and bool(s0["reached_80"])
-    assert math.isnan(s1["epochs_to_80"]) and not bool(s1["reached_80"])
+    assert s0["epochs_to_80"] == 2
+    assert math.isnan(s1["epochs_to_80"])  # never reached 80%
     assert (s0["peak_test_acc"], s0["peak_epoch"]) == (0.9, 3)
     assert (s1["peak_test_acc"], s1["peak_epoch"]) == (0.75, 4)
     assert s0["overfit_drop"] == pytest.approx(0.2) and s1["overfit_drop"] == pytest.approx(0.0)
@@ -56,12 +56,13 @@ def test_per_seed_values_by_hand(tiny):
     assert s0["time_to_80_s"] == pytest.approx((1.0 + 2.0) / 2)  # per replica: job time / 2 seeds
     assert math.isnan(s1["time_to_80_s"])
     assert s0["n_epochs"] == 4
+    assert s0["fit_time_s"] == s1["fit_time_s"] == 6.0  # the job's 12 s shared by its 2 seeds
 
 
 def test_curves_by_hand(tiny):
     c = tiny["curves"]
     assert list(c["epoch"]) == [1, 2, 3, 4] and set(c["variant"]) == {"v"}
-    for m in CURVE_METRICS:
+    for m in HISTORY_METRICS:
         assert {f"{m}_mean", f"{m}_std", f"{m}_n"} <= set(c.columns)
     e2 = c[c["epoch"] == 2].iloc[0]
     assert e2["test_acc_mean"] == pytest.approx(0.7)
@@ -71,17 +72,18 @@ def test_curves_by_hand(tiny):
 
 def test_summary_and_runtime_by_hand(tiny):
     s = tiny["summary"].iloc[0]
-    assert list(tiny["summary"].columns) == list(SUMMARY_COLUMNS)
-    assert (s["n"], s["n_jobs"], s["reached_80"], s["never_80"]) == (2, 1, 1, 1)
+    assert list(tiny["summary"].columns) == list(summary_columns())
+    assert (s["n"], s["n_jobs"], s["epochs_to_80_never"]) == (2, 1, 1)
     assert s["final_test_acc_mean"] == pytest.approx(0.725)
     assert (s["final_test_acc_min"], s["final_test_acc_max"]) == (0.7, 0.75)
     assert s["final_test_acc_ci_low"] < 0.7 < 0.75 < s["final_test_acc_ci_high"]
     assert s["epochs_to_80_mean"] == 2 and math.isnan(s["epochs_to_80_std"])
     assert s["peak_test_acc_mean"] == pytest.approx(0.825) and s["peak_epoch_mean"] == 3.5
-    assert s["fit_time_job_mean_s"] == 12.0 and s["fit_time_per_seed_s"] == 6.0
+    assert s["fit_time_s_mean"] == 6.0
     assert s["epoch_time_job_mean_s"] == 2.5 and s["epoch_time_job_std_s"] == pytest.approx(np.std(EPOCH_TIME, ddof=1))
     assert s["epoch_time_replica_mean_s"] == 1.25
-    assert s["time_to_80_mean_s"] == pytest.approx(1.5)
+    assert s["time_to_80_s_mean"] == pytest.approx(1.5)
+    assert s["final_test_acc_iqm"] == pytest.approx(0.725)  # 2 seeds: nothing to trim
     r = tiny["runtime"].iloc[0]
     assert list(tiny["runtime"].columns) == list(RUNTIME_COLUMNS)
     assert (r["n_seeds"], r["fit_time_s"], r["fit_time_per_seed_s"], r["threads"]) == (2, 12.0, 6.0, 2)
@@ -164,3 +166,15 @@ def test_bad_results_file_raises_one_clear_error(tmp_path, name, damage, message
     assert str(run / name) in str(err.value)
     assert message in str(err.value)
     assert not (tmp_path / "agg" / "summary.csv").exists()
+
+
+def test_summary_iqm_is_the_mean_of_the_middle_half_of_the_seeds(tmp_path):
+    # 8 seeds, final test accuracies 0.1 .. 0.8 (seed s ends at TEST_ACC of its parity: overwrite final.csv)
+    run = write_tiny_job(tmp_path / "run", seeds=tuple(range(8)))
+    final = pd.read_csv(run / "final.csv")
+    final["test_acc"] = [0.9, 0.1, 0.85, 0.8, 0.75, 0.7, 0.65, 0.2]
+    final.to_csv(run / "final.csv", index=False)
+    aggregate_study([run], tmp_path / "agg")
+    s = pd.read_csv(tmp_path / "agg" / "summary.csv").iloc[0]
+    assert s["final_test_acc_iqm"] == pytest.approx((0.65 + 0.7 + 0.75 + 0.8) / 4)  # 2 cut from each end
+    assert s["final_test_acc_mean"] == pytest.approx(4.95 / 8)

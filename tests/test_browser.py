@@ -1,6 +1,7 @@
 """The rendered report in a real headless browser: screenshot, images decode, no console errors.
 
-Needs ``chromium`` on PATH (``apt-get install -y chromium``); skipped otherwise.
+Needs ``chromium`` on PATH (``apt-get install -y chromium``, which .ci/run does as root); skipped
+otherwise, except in CI as root with apt-get, where a missing chromium fails.
 """
 
 import html as htmlmod
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 
 import pytest
+from ci import required_here, skip_unless_required  # tests/ci.py
 
 from reglab.report import render_report
 
@@ -35,7 +37,11 @@ window.addEventListener('load', () => {
 </script>"""
 
 if CHROMIUM is None:
-    pytest.skip("chromium is not on PATH (install it with: apt-get install -y chromium)", allow_module_level=True)
+    try:
+        skip_unless_required("chromium is not on PATH (install it with: apt-get install -y chromium)",
+                             required_here())
+    except pytest.skip.Exception as exc:
+        raise pytest.skip.Exception(str(exc), allow_module_level=True) from None
 
 
 def chromium(tmp_path, *args, timeout=120):

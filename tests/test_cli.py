@@ -68,7 +68,7 @@ def test_train_command_trains_a_pack_of_variants_one_after_another(dataset, tmp_
         (["train", "--spec", "{}", "--dataset", "DATASET", "--seeds", "0", "--threads", "0", "--outdir", "o"], "not >= 1"),
         (["train", "--spec", "{}", "--dataset", "DATASET", "--seeds", "0"], "--outdir"),
         (["aggregate", "--runs", "no/such/dir", "--outdir", "o"], "directory not found"),
-        (["report", "--config", "{}", "--results", "no/such/dir", "--out", "x.html"], "directory not found"),
+        (["report", "--config", "no/such.json", "--results", ".", "--out", "x.html"], "file not found: no/such.json"),
         (["bogus"], "invalid choice"),
     ],
 )

@@ -10,9 +10,9 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from reglab.config import (
-    SCHEMA_PATH,
     ConfigError,
     chunk_seeds,
+    config_schema,
     load_config,
     seeds_for,
     spec_hash,
@@ -62,7 +62,7 @@ def config(raw):
 
 
 def test_schema_is_a_valid_draft_2020_12_schema():
-    Draft202012Validator.check_schema(yaml.safe_load(SCHEMA_PATH.read_text()))
+    Draft202012Validator.check_schema(config_schema())
 
 
 def test_shipped_config_yields_expected_jobs(config):

@@ -26,15 +26,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reglab import aggregate as aggregate_module
-from reglab import results as results_module
+from reglab import contract
 from reglab.aggregate import ResultsError, aggregate_study
 from reglab.cli import main
 from reglab.config import study_packs, validate_config, variant_spec
-from workdirs import make_workdir  # tests/workdirs.py
+from workdirs import make_workdir, read_without_timing  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING_COLUMNS = {"epoch_time_s", "time_to_80_s"}
 AGGREGATES = ("summary", "per_seed", "curves", "finals", "runtime")
 
 
@@ -69,10 +67,6 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
-
-def read_without_timing(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path)
-    return frame.drop(columns=[c for c in frame.columns if c in TIMING_COLUMNS or c.endswith(("_s", "_mb"))])
 
 
 def train_processes(root: psutil.Process) -> list[psutil.Process]:
@@ -308,10 +302,6 @@ def test_a_damaged_results_file_is_one_line_naming_it(real_run, tmp_path, capsys
     assert not (tmp_path / "agg").exists()
 
 
-def test_the_reader_and_the_writer_agree_on_the_schema_version():
-    assert aggregate_module.SCHEMA_VERSION == results_module.SCHEMA_VERSION
-
-
 def test_jobs_of_one_variant_from_different_configs_are_not_mixed(real_run, tmp_path, capsys):
     first = copy_run(real_run, tmp_path / "chunk0")
     same = as_chunk(real_run, tmp_path / "chunk1", chunk=1, seed_offset=2)
@@ -361,11 +351,22 @@ def fail_for(target_dir: Path, err: int, real):
     return replace
 
 
+def refuse_temp_files(monkeypatch, err: int) -> None:
+    """Make creating any ``*.tmp`` file fail with ``err`` (as in a read-only folder)."""
+    real = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if str(path).endswith(".tmp"):
+            raise OSError(err, os.strerror(err), str(path))
+        return real(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", open_)
+
+
 def no_temp_files(directory: Path) -> bool:
     return not [p for p in directory.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
 
 
-@pytest.mark.parametrize("where", ["replace", "write", "mkstemp"])
+@pytest.mark.parametrize("where", ["replace", "write", "create"])
 def test_atomic_write_failure_keeps_the_old_file_and_names_the_path(tmp_path, monkeypatch, where):
     path = tmp_path / "final.csv"
     path.write_text("old, complete content\n")
@@ -377,13 +378,11 @@ def test_atomic_write_failure_keeps_the_old_file_and_names_the_path(tmp_path, mo
             fh.write(b"half of the new")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     else:  # a read-only folder: the temporary file cannot be created
-        def mkstemp(*args, **kwargs):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / ".final.csv.xyz.tmp"))
-        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        refuse_temp_files(monkeypatch, errno.EROFS)
     with pytest.raises(OSError) as exc:
-        results_module.atomic_write(path, write)
+        contract.atomic_write(path, write)
     assert exc.value.filename == str(path)
-    assert exc.value.errno == (errno.EROFS if where == "mkstemp" else errno.ENOSPC)
+    assert exc.value.errno == (errno.EROFS if where == "create" else errno.ENOSPC)
     assert path.read_text() == "old, complete content\n"
     assert [p.name for p in tmp_path.iterdir()] == ["final.csv"]
 
@@ -407,9 +406,7 @@ def test_aggregate_into_a_read_only_folder_is_one_line(real_run, tmp_path, monke
     out = tmp_path / "agg"
     out.mkdir()
 
-    def mkstemp(*args, dir=None, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / ".tmpXYZ"))
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    refuse_temp_files(monkeypatch, errno.EROFS)
     code, err = aggregate_cli([run], out, capsys)
     assert code == 1
     assert err.strip().splitlines() == [f"python -m reglab aggregate: error: {out / 'finals.csv'}: "
@@ -478,10 +475,9 @@ DATASET_SPEC = {"generator": "make_circles", "params": {"n_samples": 60, "noise"
     (["aggregate", "--outdir", "agg"], "--runs"),
     (["aggregate", "--runs", "FILE", "--outdir", "agg"], "directory not found"),
     (["aggregate", "--runs", "RUN"], "--outdir"),
-    (["report", "--config", "[]", "--results", "RESULTS", "--out", "x.html"], "must be a JSON object"),
-    (["report", "--config", "{", "--results", "RESULTS", "--out", "x.html"], "not valid JSON"),
-    (["report", "--config", "{}", "--results", "RESULTS"], "--out"),
-    (["report", "--config", "{}", "--results", "FILE", "--out", "x.html"], "directory not found"),
+    (["report", "--config", "missing.json", "--results", "RESULTS", "--out", "x.html"], "file not found: missing.json"),
+    (["report", "--config", "FILE", "--results", "RESULTS"], "--out"),
+    (["report", "--config", "FILE", "--results", "FILE", "--out", "x.html"], "directory not found"),
     (["train", "--spec", "{}", "--dataset", "FILE", "--seeds", "-1", "--outdir", "o"], "non-negative"),
     (["train", "--spec", "{}", "--dataset", "FILE", "--seeds", "0", "--chunk", "one", "--outdir", "o"], "invalid int"),
     (["train", "--spec", "{}", "--dataset", "FILE", "--seeds", "0", "--accelerator", "tpu", "--outdir", "o"],
@@ -509,8 +505,10 @@ def test_wrong_types_and_missing_arguments_are_usage_errors(tmp_path, monkeypatc
     (["train", "--spec", "{}", "--dataset", "FILE", "--seeds", "0", "--outdir", "o"],
      "--spec: spec 0 is not a variant spec (missing keys ['study', 'variant', 'dataset', 'training', 'layers'])"),
     (["aggregate", "--runs", "RUN", "--outdir", "agg"], "run/meta.json: results file is missing"),
-    (["report", "--config", "{}", "--results", "RESULTS", "--out", "x.html"],
-     "config error in --config: 'datasets' is a required property"),
+    (["report", "--config", "FILE", "--results", "RESULTS", "--out", "x.html"],
+     "a_file: cannot be read as JSON"),
+    (["report", "--config", "UNVALIDATED", "--results", "RESULTS", "--out", "x.html"],
+     "unvalidated.json: not a validated config written by the workflow"),
     (["report", "--config", "CONFIG", "--results", "RESULTS", "--out", "x.html"],
      "aggregate file is missing"),
     (["report", "--config", "CONFIG", "--results", "RESULTS", "--run-info", "FILE", "--out", "x.html"],
@@ -520,9 +518,12 @@ def test_bad_inputs_to_every_step_are_one_line(tmp_path, monkeypatch, capsys, ar
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("{not json")
     (tmp_path / "run").mkdir()
-    config = json.dumps(validate_config(tiny_config()))
-    args = [{"FILE": "a_file", "RUN": "run", "RESULTS": str(tmp_path), "CONFIG": config}.get(a, a) for a in args]
-    assert main(args) == 2
+    (tmp_path / "config.json").write_text(json.dumps({"format": contract.CONFIG_FORMAT, "config_hash": "h",
+                                                      "config": validate_config(tiny_config())}))
+    (tmp_path / "unvalidated.json").write_text(json.dumps(tiny_config()))
+    names = {"FILE": "a_file", "RUN": "run", "RESULTS": str(tmp_path), "CONFIG": "config.json",
+             "UNVALIDATED": "unvalidated.json"}
+    assert main([names.get(a, a) for a in args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "run"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "config.json", "run", "unvalidated.json"]

@@ -68,18 +68,40 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_recurrence_backward_passes_gradcheck(with_mask, one_thread):
-    """The hand-written backward through time against finite differences (double precision)."""
+@pytest.mark.parametrize("per_gate", [False, True], ids=["shared", "per-gate-masks"])
+def test_recurrence_backward_passes_gradcheck(per_gate, one_thread):
+    """The hand-written backward through time against finite differences (double precision): one
+    group of inputs for all gates, or (recurrent dropout) per gate its own inputs and state mask."""
     from reglab.recurrent import _Recurrence
 
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 2, 3, 5, dtype=torch.double, generator=g, requires_grad=True)  # [T, S, F, B]
-    w = torch.randn(2, 3 + 3 + 1, 4 * 3, dtype=torch.double, generator=g, requires_grad=True)
-    mask = (torch.rand(2, 3, 5, dtype=torch.double, generator=g) < 0.6).double() / 0.6 if with_mask else None
-    assert torch.autograd.gradcheck(lambda a, b: _Recurrence.apply(a, b, mask), (x, w))
+    t, s, f, u, b = 4, 2, 3, 3, 5
+    groups = 4 if per_gate else 1
+    x = torch.randn(t, s * groups, f, b, dtype=torch.double, generator=g, requires_grad=True)
+    w = torch.randn(s * groups, f + u + 1, 4 * u // groups, dtype=torch.double, generator=g, requires_grad=True)
+    mask = (torch.rand(s, 4, u, b, dtype=torch.double, generator=g) < 0.6).double() / 0.6 if per_gate else None
+    assert mask is None or not torch.equal(mask[:, 0], mask[:, 1])  # the gates' masks differ
+    assert torch.autograd.gradcheck(lambda a, c: _Recurrence.apply(a, c, mask), (x, w))
     # with inputs that need no gradient (the first layer's data), the weights' gradient is unchanged
-    assert torch.autograd.gradcheck(lambda b: _Recurrence.apply(x.detach(), b, mask), (w,))
+    assert torch.autograd.gradcheck(lambda c: _Recurrence.apply(x.detach(), c, mask), (w,))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_lstm_with_per_gate_masks_passes_gradcheck(dropout, one_thread):
+    """The whole layer in training with recurrent dropout (per-gate masks and weights arranged
+    outside the recurrence) against finite differences: the same masks at every evaluation."""
+    layer = LSTM(2, 3, 3, return_sequences=True, dropout=dropout, recurrent_dropout=0.4).double()
+    layer.reset_parameters(gens(range(2), STREAM_INIT))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 5, 3, dtype=torch.double, generator=g, requires_grad=True)
+    params = (x, layer.kernel, layer.recurrent_kernel, layer.bias)
+
+    def run(x_, kernel, recurrent_kernel, bias):
+        layer.generators = gens(range(2))  # the same masks at every call
+        weights = {"kernel": kernel, "recurrent_kernel": recurrent_kernel, "bias": bias}
+        return torch.func.functional_call(layer, weights, (x_,))
+
+    assert torch.autograd.gradcheck(run, params)
 
 
 def test_lstm_last_output_is_the_last_step_of_the_sequence():
@@ -151,31 +173,76 @@ def test_lstm_input_dropout_mask_is_constant_over_time_and_off_in_eval(rate):
     torch.testing.assert_close(layer(x), clean(x))
 
 
-def test_lstm_recurrent_dropout_masks_the_state_with_one_mask_per_sequence():
-    rate = 0.4
-    layer = make_lstm(return_sequences=True, recurrent_dropout=rate)
-    x = torch.randn(S, 50, T, F_IN)
+def keras_masks(g, batch, rate, features, count):
+    """``count`` inverted-dropout masks ``[count, batch, features]`` drawn as Keras' cell draws them
+    (one ``ones_like(step_input)`` mask after another), next from generator ``g``."""
+    keep = 1 - rate
+    return (torch.rand(count, batch, features, generator=g) < keep).float() / keep
+
+
+def keras_lstm_cell_impl1(layer, r, x, in_masks, rec_masks):
+    """Keras 3's ``LSTMCell.call`` with ``implementation=1`` for replica r in plain torch ops:
+    gate k sees ``x_t * in_masks[k]`` and ``h_{t-1} * rec_masks[k]``, the same masks at every step.
+    Returns every step's output ``[B, T, U]``."""
+    k_i, k_f, k_c, k_o = layer.kernel[r].split(U, dim=1)
+    r_i, r_f, r_c, r_o = layer.recurrent_kernel[r].split(U, dim=1)
+    b_i, b_f, b_c, b_o = layer.bias[r, 0].split(U)
+    h = c = torch.zeros(x.shape[0], U)
+    outs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        i = torch.sigmoid(xt * in_masks[0] @ k_i + b_i + (h * rec_masks[0]) @ r_i)
+        f = torch.sigmoid(xt * in_masks[1] @ k_f + b_f + (h * rec_masks[1]) @ r_f)
+        c = f * c + i * torch.tanh(xt * in_masks[2] @ k_c + b_c + (h * rec_masks[2]) @ r_c)
+        o = torch.sigmoid(xt * in_masks[3] @ k_o + b_o + (h * rec_masks[3]) @ r_o)
+        h = o * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs, dim=1)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_lstm_recurrent_dropout_draws_four_input_and_four_recurrent_masks_per_sequence(dropout):
+    """With recurrent_dropout, Keras 3's cell (implementation 1) draws per gate i, f, c, o its own
+    input mask (only with dropout) and its own recurrent mask, once per sequence: replica r, forward
+    and gradients, against that cell in plain torch with masks drawn in Keras' order from r's stream."""
+    rate, batch = 0.4, 40
+    layer = make_lstm(return_sequences=True, dropout=dropout, recurrent_dropout=rate)
     layer.generators = gens()
+    x = torch.randn(S, batch, T, F_IN, requires_grad=True)
     out = layer(x)
-    mask = torch.empty(S, 50, U)
+    cot = torch.randn_like(out)
+    weights = [layer.kernel, layer.recurrent_kernel, layer.bias]
+    grads = torch.autograd.grad(out, weights + [x], cot)
     for r, g in enumerate(gens()):
-        mask[r].uniform_(generator=g)
-    mask = (mask < 1 - rate).float() / (1 - rate)
-    # reference: torch's LSTM cell stepped by hand, the same mask on h at every step
-    for r in range(S):
-        cell = nn.LSTMCell(F_IN, U)
-        ref = torch_lstm(layer, r)
-        with torch.no_grad():
-            cell.weight_ih.copy_(ref.weight_ih_l0)
-            cell.weight_hh.copy_(ref.weight_hh_l0)
-            cell.bias_ih.copy_(ref.bias_ih_l0)
-            cell.bias_hh.zero_()
-        h = c = torch.zeros(50, U)
-        for t in range(T):
-            h, c = cell(x[r, :, t], (h * mask[r], c))
-            torch.testing.assert_close(out[r, :, t], h, atol=1e-5, rtol=1e-5)
+        in_masks = keras_masks(g, batch, dropout, F_IN, 4) if dropout > 0 else torch.ones(4, batch, F_IN)
+        rec_masks = keras_masks(g, batch, rate, U, 4)
+        assert all(not torch.equal(rec_masks[0], m) for m in rec_masks[1:])  # independent per gate
+        xr = x[r].detach().clone().requires_grad_()
+        ref = keras_lstm_cell_impl1(layer, r, xr, in_masks, rec_masks)
+        torch.testing.assert_close(out[r], ref, atol=1e-5, rtol=1e-5)
+        ref_grads = torch.autograd.grad(ref, weights + [xr], cot[r])
+        for got, want in zip(grads[:3], ref_grads[:3]):
+            torch.testing.assert_close(got[r], want[r], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grads[3][r], ref_grads[3], atol=1e-5, rtol=1e-5)
+        # one mask shared by the gates would be measurably different
+        shared = keras_lstm_cell_impl1(layer, r, xr, in_masks[:1].expand(4, -1, -1), rec_masks[:1].expand(4, -1, -1))
+        assert (shared - ref).abs().max() > 1e-2
     layer.eval()
     torch.testing.assert_close(layer(x), make_lstm(return_sequences=True)(x))
+
+
+def test_lstm_dropout_alone_uses_one_input_mask_for_all_gates():
+    """Without recurrent_dropout (Keras' implementation 2), one input mask [B, F] per sequence,
+    shared by the four gates: the Keras cell with the same mask for every gate."""
+    batch = 40
+    layer = make_lstm(return_sequences=True, dropout=0.3)
+    layer.generators = gens()
+    x = torch.randn(S, batch, T, F_IN)
+    out = layer(x)
+    for r, g in enumerate(gens()):
+        mask = keras_masks(g, batch, 0.3, F_IN, 1).expand(4, -1, -1)
+        ref = keras_lstm_cell_impl1(layer, r, x[r], mask, torch.ones(4, batch, U))
+        torch.testing.assert_close(out[r], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_lstm_dropout_masks_are_per_replica_and_identical_alone_or_in_a_chunk():

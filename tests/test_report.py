@@ -290,9 +290,9 @@ def test_grid_points_runs_are_read_from_their_pack(rendered_grid):
     runs = syn.results_dir / "runs" / "bn_ext"
     assert (runs / "momentum" / "chunk1" / "bn_momentum_0.9" / "boundary.npz").is_file()  # the synthetic pack layout
     variants = ["baseline", "bn_momentum_0.9", "noise_0.01", "noise_0.5"]
-    boundaries = load_boundaries(runs, variants)
+    boundaries = load_boundaries(syn.results_dir, "bn_ext", variants)
     assert list(boundaries) == variants and all(b[3] == 5 for b in boundaries.values())
-    metas = load_metas(runs, variants)
+    metas = load_metas(syn.results_dir, "bn_ext", variants)
     assert [(m["variant"], m["chunk"]) for m in metas] == [(v, k) for v in variants for k in (0, 1)]
     assert html.count("<td>bn_momentum_0.9</td><td>0</td>") == 1  # its job in the provenance table
 
@@ -423,9 +423,9 @@ def test_variant_colours_agree_across_the_figures_of_a_grid_study(synthetic_grid
 def test_summary_n_counts_diverged_seeds(rendered):
     _, _, syn = rendered
     summary = pd.read_csv(syn.results_dir / "aggregate" / "bn" / "summary.csv")
-    assert [r[1] for r in summary_table(summary)["rows"]] == ["5", "5", "5"]  # no `diverged` column: tolerated
+    assert [r[1] for r in summary_table(summary)["rows"]] == ["5", "5", "5"]
     summary["n"] = [5, 4, 5]
-    summary["diverged"] = [0, 1, np.nan]
+    summary["diverged"] = [0, 1, 0]
     assert [r[1] for r in summary_table(summary)["rows"]] == ["5", "4 (+1 diverged)", "5"]
 
 
@@ -435,7 +435,7 @@ def test_boundaries_leave_out_diverged_seeds(make_synthetic_results, tmp_path):
     runs = syn.results_dir / "runs" / "bn"
     final = pd.read_csv(runs / "bn_after" / "chunk1" / "bn_after" / "final.csv")
     assert list(final["diverged_epoch"]) == [0, 10] and final["test_acc"].isna().tolist() == [False, True]
-    b = load_boundaries(runs, ["baseline", "bn_after", "bn_before"])
+    b = load_boundaries(syn.results_dir, "bn", ["baseline", "bn_after", "bn_before"])
     assert [b[v][3:] for v in b] == [(5, 0), (4, 1), (0, 5)]
     probs = np.concatenate([np.load(d / "bn_after" / "boundary.npz")["prob"]
                             for d in sorted(runs.glob("bn_after/chunk*"))])
@@ -476,22 +476,73 @@ def test_report_renders_diverged_seeds(make_synthetic_results, tmp_path):
     assert html.count("<img ") == 10
 
 
-def test_report_with_a_diverged_seed_end_to_end(make_synthetic_results, tmp_path):
-    """One diverged seed through aggregate.py and the report (needs aggregate.py to accept NaN metrics)."""
-    from reglab.aggregate import ResultsError as AggError
+def _rows_by_header(html: str, label: str) -> list[dict[str, str]]:
+    """Every table row headed ``<th scope="row">label</th>``: {column header: cell text, tags stripped}."""
+    text = lambda cell: re.sub(r"<[^>]+>", "", cell).strip()  # noqa: E731
+    out = []
+    for table in re.findall(r"<table\b.*?</table>", html, re.S):
+        headers = [text(h) for h in re.findall(r'<th scope="col">(.*?)</th>', table, re.S)]
+        for row in re.findall(rf'<tr>\s*<th scope="row">{re.escape(label)}</th>(.*?)</tr>', table, re.S):
+            out.append(dict(zip(headers[1:], [text(c) for c in re.findall(r"<td>(.*?)</td>", row, re.S)])))
+    return out
 
+
+def test_report_with_a_diverged_seed_end_to_end(make_synthetic_results, tmp_path):
+    """One diverged seed through aggregate.py and the report: counted, and left out of every mean.
+
+    The expected numbers come straight from the run files of the seeds that did not diverge (their
+    final.csv rows with diverged_epoch 0 and their history.csv), never from reglab's own code. Seed 4
+    of bn_after reached 80% at epoch 6 before diverging at epoch 10 (the others at epoch 5), so a mean
+    that let it in would show."""
     syn = make_synthetic_results(tmp_path, diverged={("bn", "bn_after", 4): 10})
-    try:
-        syn.aggregate()
-    except AggError as exc:
-        pytest.skip(f"aggregate.py does not accept diverged seeds yet: {exc}")
-    summary = pd.read_csv(syn.results_dir / "aggregate" / "bn" / "summary.csv")
-    if "diverged" not in summary.columns:
-        pytest.skip("aggregate.py does not count diverged seeds (no `diverged` column in summary.csv) yet")
+    syn.aggregate()  # must accept NaN metrics of a diverged seed: an error here fails the test
+    runs = sorted((syn.results_dir / "runs" / "bn" / "bn_after").glob("chunk*/bn_after"))
+    final = pd.concat([pd.read_csv(d / "final.csv") for d in runs])
+    hist = pd.concat([pd.read_csv(d / "history.csv") for d in runs])
+    ok = final[final["diverged_epoch"] == 0]
+    assert sorted(final["seed"]) == [0, 1, 2, 3, 4] and sorted(ok["seed"]) == [0, 1, 2, 3]
+    test_acc, train_acc = ok["test_acc"].to_numpy(float), ok["train_acc"].to_numpy(float)
+    acc = hist.pivot(index="seed", columns="epoch", values="test_acc")
+    first_80 = {s: int(row.index[(row >= 0.8 - 1e-6).to_numpy()][0]) for s, row in acc.iterrows()}  # all reach it
+    to_80 = np.array([first_80[s] for s in ok["seed"]], float)
+    peak = acc.loc[ok["seed"]].max(axis=1).to_numpy(float)
+    assert first_80[4] not in set(to_80)  # the diverged seed's history differs: letting it in would show
+
+    summary = pd.read_csv(syn.results_dir / "aggregate" / "bn" / "summary.csv").set_index("variant")
+    row = summary.loc["bn_after"]
+    assert (row["n"], row["diverged"]) == (4, 1)
+    # seeds that never reached 80%: none of the 4 (counted as never, the diverged seed would make it 1)
+    never = row["epochs_to_80_never"] if "epochs_to_80_never" in row else row["never_80"]
+    assert never == 0
+    assert row["final_test_acc_mean"] == pytest.approx(test_acc.mean())
+    assert row["final_test_acc_std"] == pytest.approx(test_acc.std(ddof=1))
+    assert (row["final_test_acc_min"], row["final_test_acc_max"]) == pytest.approx((test_acc.min(), test_acc.max()))
+    assert row["final_train_acc_mean"] == pytest.approx(train_acc.mean())
+    assert row["epochs_to_80_mean"] == pytest.approx(to_80.mean())
+    assert row["peak_test_acc_mean"] == pytest.approx(peak.mean())
+    assert summary.loc["baseline", "n"] == 5 and summary.loc["baseline", "diverged"] == 0
+
     out = tmp_path / "index.html"
     render_report(syn.config, syn.results_dir, out)
     html = out.read_text()
-    assert '<th scope="row">bn_after</th><td>4 (+1 diverged)</td>' in html
+    pm = lambda x: f"{x.mean():.3f} \u00b1 {x.std(ddof=1):.3f}"  # noqa: E731  (the report's "mean ± std")
+    span = lambda x: f"{x.min():.3f}\u2013{x.max():.3f}"  # noqa: E731  (its "min–max")
+    half = st.t.ppf(0.975, test_acc.size - 1) * test_acc.std(ddof=1) / np.sqrt(test_acc.size)
+    rows = _rows_by_header(html, "bn_after")
+    (table,) = [r for r in rows if "Final test acc" in r]  # the summary table
+    assert table["n"] == "4 (+1 diverged)"
+    assert (table["Final train acc"], table["Final test acc"]) == (pm(train_acc), pm(test_acc))
+    assert table["Test acc 95% CI"] == f"{test_acc.mean() - half:.3f}\u2013{test_acc.mean() + half:.3f}"  # t interval
+    assert (table["Test min\u2013max"], table["Train min\u2013max"]) == (span(test_acc), span(train_acc))
+    assert table["Epochs to 80%"] == f"{to_80.mean():.1f} \u00b1 {to_80.std(ddof=1):.1f}"
+    assert (table["Never 80%"], table["Peak test acc"]) == ("0 / 4", pm(peak))
+    published = {r["Split"]: r for r in rows if "Split" in r}  # published single runs beside our seeds
+    for split, ours in (("train", train_acc), ("test", test_acc)):
+        assert (published[split]["Ours mean \u00b1 std"], published[split]["Ours min\u2013max"],
+                published[split]["n"]) == (pm(ours), span(ours), "4")
+    # the claim on epochs_to_80 counts 4 seeds of bn_after, none of them "never" (the diverged one is out)
+    assert (f"bn_after: median {np.median(to_80):.1f}, mean {to_80.mean():.1f} \u00b1 {to_80.std(ddof=1):.1f}, "
+            f"n = 4, never 0") in html
     assert html.count("<img ") == 10
 
 

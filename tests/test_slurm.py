@@ -1,25 +1,37 @@
 """Cluster execution: profiles/slurm parses and plans (fast); the workflow on a real single-node
-SLURM, checked against a local run (slow: .ci/slurm.sh, which needs root and apt-get)."""
+SLURM, checked against a local run (slow: .ci/slurm.sh, which needs root and apt-get).
+
+In CI (``CI=true``), as root with apt-get, the real-SLURM test must run: a skip there, and a missing
+slurm executor plugin anywhere, fails instead. Elsewhere they skip with the reason."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from ci import in_ci, required_here, skip_unless_required  # tests/ci.py
 from workdirs import make_workdir as workdir  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 SCRIPT = REPO / ".ci" / "slurm.sh"
+PLUGIN = "snakemake_executor_plugin_slurm"
 
 
+def require_plugin() -> None:
+    """The slurm executor plugin: installed by the [test] extra, so missing it in CI is a failure."""
+    try:
+        __import__(PLUGIN)
+    except ImportError as exc:
+        skip_unless_required(f"needs {PLUGIN} (pip install -e '.[slurm]'): {exc}", in_ci())
 
 
 def dry_run(work: Path, *args: str, **env: str) -> str:
     """`snakemake -n --workflow-profile profiles/slurm --configfile config/tiny.yaml ARGS`: its output."""
-    pytest.importorskip("snakemake_executor_plugin_slurm", reason="needs pip install -e '.[slurm]'")
+    require_plugin()
     bindir = str(Path(sys.executable).parent)
     pythonpath = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
     environ = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "PYTHONPATH": pythonpath, **env}
@@ -113,21 +125,109 @@ def test_only_gpu_accelerator_requests_a_gpu(tmp_path):
             assert f" gpu={gpus}," in line + ",", line
 
 
-@pytest.mark.slow
-def test_workflow_on_a_real_slurm_matches_a_local_run():
-    """.ci/slurm.sh: a single-node SLURM, the tiny config through profiles/slurm, checked with sacct
-    and against a local run; the fault paths (time limit, unknown account and partition)."""
-    if not SCRIPT.is_file():
-        pytest.skip(f"{SCRIPT} not found")
+def run_slurm_script(script: Path, required: bool, timeout: int = 900) -> str:
+    """Run ``script`` (.ci/slurm.sh) as the real-SLURM test does: fail on an error or on a "SKIP:" line
+    where ``required``; skip on "SKIP:" otherwise. Returns its stdout."""
+    if not script.is_file():
+        skip_unless_required(f"{script} not found", required)
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "REGLAB_PYTHON": sys.executable, "PATH": bindir + os.pathsep + os.environ["PATH"]}
     try:
-        proc = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f".ci/slurm.sh ran over 15 minutes:\n{(exc.stdout or '')[-3000:]}")
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        pytest.fail(f"{script} ran over {timeout} s:\n{out[-3000:]}")
     out = proc.stdout + proc.stderr
     skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIP:")]
     if proc.returncode == 0 and skipped:
-        pytest.skip(skipped[0][len("SKIP:"):].strip())
+        skip_unless_required(skipped[0][len("SKIP:"):].strip(), required)
     assert proc.returncode == 0, out[-8000:]
-    assert "all checks passed" in proc.stdout
+    assert "all checks passed" in proc.stdout, out[-8000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_workflow_on_a_real_slurm_matches_a_local_run():
+    """.ci/slurm.sh: a single-node SLURM, the tiny config through profiles/slurm, checked with sacct
+    and against a local run; the fault paths (time limit, unknown account and partition). In CI as
+    root with apt-get it must run: its "SKIP:" fails the test there."""
+    run_slurm_script(SCRIPT, required_here())
+
+
+# --------------------------------------------------------------------------- when a skip is a failure
+@pytest.mark.parametrize("ci, uid, apt_get, required", [
+    ("true", 0, True, True),
+    ("1", 0, True, True),
+    ("TRUE", 0, True, True),
+    ("true", 1000, True, False),  # not root: slurm.sh cannot install SLURM
+    ("true", 0, False, False),  # no apt-get
+    ("", 0, True, False),  # not CI: a developer's machine
+    ("false", 0, True, False),
+    (None, 0, True, False),
+])
+def test_real_slurm_is_required_only_in_ci_as_root_with_apt_get(ci, uid, apt_get, required):
+    env = {} if ci is None else {"CI": ci}
+    assert required_here(env, uid=uid, apt_get=apt_get) is required
+
+
+def fake_script(path: Path, body: str) -> Path:
+    path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+    return path
+
+
+def outcome(fn, *args) -> tuple[str, str]:
+    """How ``fn(*args)`` ends for pytest: ("passed" | "failed" | "skipped", message). A skip here is
+    caught too, so that the tests below fail, not skip, when a skip wrongly replaces a failure."""
+    try:
+        fn(*args)
+    except pytest.fail.Exception as exc:
+        return "failed", str(exc)
+    except pytest.skip.Exception as exc:
+        return "skipped", str(exc)
+    except AssertionError as exc:
+        return "failed", str(exc)
+    return "passed", ""
+
+
+SKIPPING = 'echo "SKIP: needs root to install and start SLURM"; exit 0'
+
+
+@pytest.mark.parametrize("required, expected", [(True, "failed"), (False, "skipped")])
+def test_a_skip_of_the_real_slurm_script_fails_only_where_it_is_required(tmp_path, required, expected):
+    script = fake_script(tmp_path / "slurm.sh", SKIPPING)
+    result, message = outcome(run_slurm_script, script, required)
+    assert result == expected and "needs root to install and start SLURM" in message
+    result, message = outcome(run_slurm_script, tmp_path / "absent.sh", required)
+    assert result == expected and "not found" in message
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_the_real_slurm_script_passes_only_when_all_checks_pass(tmp_path, required):
+    ok = fake_script(tmp_path / "ok.sh", 'echo "[slurm.sh 1s] all checks passed"')
+    assert outcome(run_slurm_script, ok, required)[0] == "passed"
+    for name, body in [("fails", 'echo "FAILED: x" >&2; exit 1'), ("silent", "exit 0"),
+                       ("skip_then_fail", 'echo "SKIP: no"; exit 1')]:
+        assert outcome(run_slurm_script, fake_script(tmp_path / f"{name}.sh", body), required)[0] == "failed", name
+
+
+@pytest.mark.parametrize("ci, expected", [("true", "failed"), ("", "skipped")])
+def test_the_real_slurm_test_uses_the_decision(monkeypatch, tmp_path, ci, expected):
+    """The test itself, with a script that skips: fails in CI as root with apt-get, skips elsewhere."""
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "SCRIPT", fake_script(tmp_path / "slurm.sh", SKIPPING))
+    monkeypatch.setattr(module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(module.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setenv("CI", ci)
+    assert outcome(module.test_workflow_on_a_real_slurm_matches_a_local_run)[0] == expected
+
+
+@pytest.mark.parametrize("ci, expected", [("true", "failed"), (None, "skipped")])
+def test_a_missing_plugin_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, expected):
+    monkeypatch.setattr(sys.modules[__name__], "PLUGIN", "no_such_plugin_module_xyz")
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    result, message = outcome(require_plugin)
+    assert result == expected and "no_such_plugin_module_xyz" in message

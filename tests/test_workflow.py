@@ -11,10 +11,9 @@ import pytest
 import yaml
 
 from reglab.config import validate_config
-from workdirs import make_workdir  # tests/workdirs.py
+from workdirs import make_workdir, read_without_timing  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING_COLUMNS = {"epoch_time_s", "time_to_80_s"}
 
 
 
@@ -44,10 +43,6 @@ def planned_train_jobs(workdir: Path) -> set[str]:
         if line.strip().startswith("output: results/runs/")
     }
 
-
-def read_without_timing(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path)
-    return frame.drop(columns=[c for c in frame.columns if c in TIMING_COLUMNS or c.endswith(("_s", "_mb"))])
 
 
 def test_default_config_plans_every_study(tmp_path):
@@ -146,3 +141,29 @@ def test_snakemake_report_packages_the_html_report(tiny_run):
         names = zf.namelist()
     assert "snakemake/report.html" in names
     assert any(name.startswith("snakemake/data/") and name.endswith("/index.html") for name in names), names
+
+
+@pytest.mark.slow
+def test_a_config_over_200_kb_plans_and_no_command_line_carries_it(tmp_path):
+    """Linux caps one argument at 128 KiB: the config reaches the steps through a file, never argv."""
+    config = tiny_config()
+    study = config["studies"]["dropout"]
+    base = study["variants"]["dropout_0.4"]
+    for i in range(300):  # distinct variants, about 200 bytes each
+        layers = [dict(layer) for layer in base]
+        layers[2] = {"dropout": {"rate": round(0.0001 + i / 10000, 4)}}
+        study["variants"][f"wide_variant_with_a_long_name_{i:04d}"] = layers
+    study["grids"] = [{"id": "rate", "base": "dropout_0.4", "layer": 2, "param": "rate",
+                       "values": [round(0.5 + i / 10000, 4) for i in range(1000)]}]
+    claim = {"study": "dropout", "variant": "dropout_0.4", "compare_to": "overfit", "metric": "final_test_acc",
+             "direction": "greater"}
+    config["claims"] += [{"id": f"claim_{i}", "text": f"claim {i}: " + "a long quotation " * 100, **claim}
+                         for i in range(100)]
+    work = make_workdir(tmp_path, config)
+    assert (work / "config" / "tiny.yaml").stat().st_size > 200_000
+    proc = snakemake(work, "-n", "-p", "--cores", "1")
+    commands = [line for line in proc.stdout.splitlines() if "python -m reglab" in line]
+    assert len(commands) > 600 and max(map(len, commands)) < 4_000
+    snakemake(work, "--cores", "1", "results/config.json")
+    written = (work / "results" / "config.json").read_text()
+    assert len(written) > 200_000 and "wide_variant_with_a_long_name_0299" in written and "rate_0.5999" in written

@@ -1,25 +1,23 @@
-"""Per-study tidy summaries from the run directories (``results/runs/{study}/{variant}/chunk{k}``).
+"""Per-study tidy summaries from the run directories (:func:`reglab.contract.job_dir`).
 
 ``aggregate_study(run_dirs, outdir)`` writes, atomically, under ``outdir``:
 
 * ``finals.csv``  - every seed's ``final.csv`` row, plus ``chunk``.
-* ``per_seed.csv`` - one row per variant and seed: ``study, variant, chunk, seed, n_epochs,
-  final_train_acc, final_test_acc, final_train_loss, final_test_loss, generalisation_gap``
-  (train - test), ``epochs_to_80`` (first epoch with test_acc >= threshold, empty when never),
-  ``reached_80``, ``peak_test_acc``, ``peak_epoch`` (first epoch at the peak), ``overfit_drop``
-  (peak - final test acc), ``test_acc_volatility`` (mean |epoch-to-epoch change| of test_acc),
-  ``time_to_80_s`` (cumulative per-replica time to that epoch: job epoch time / seeds in job).
-* ``curves.csv`` - WIDE: one row per ``variant, epoch`` with ``n`` (seeds) and, for each of
-  ``train_loss, train_acc, test_loss, test_acc``: ``{metric}_mean``, ``{metric}_std`` (ddof 1,
-  empty when n = 1) and ``{metric}_n`` (finite values averaged).
-* ``summary.csv`` - one row per variant, columns :data:`SUMMARY_COLUMNS`.
+* ``per_seed.csv`` - one row per variant and seed: ``study, variant, chunk, seed, n_epochs``, every
+  per-seed metric of :data:`reglab.contract.METRICS` (NaN where undefined, e.g. ``epochs_to_80`` of
+  a seed that never reached 80%, and every metric of a diverged seed) and ``diverged_epoch``.
+* ``curves.csv`` - WIDE: one row per ``variant, epoch`` with ``n`` (seeds) and, for each history
+  metric: ``{metric}_mean``, ``{metric}_std`` (ddof 1, empty when n = 1) and ``{metric}_n``
+  (finite values averaged).
+* ``summary.csv`` - one row per variant, columns :func:`summary_columns`: counts, the statistics
+  that :data:`reglab.contract.SUMMARY` lists, and the job-level epoch times.
 * ``runtime.csv`` - one row per job, columns :data:`RUNTIME_COLUMNS`.
 
-Variants keep the order in which they first appear in ``run_dirs``. Accuracy comparisons with
-the threshold allow 1e-6 of float32 round-off. A missing, truncated or malformed results file
-raises one :class:`ResultsError` naming the file and the problem; so do a ``meta.json`` of another
-``schema_version`` than :data:`SCHEMA_VERSION` and jobs of one variant whose ``config_hash``es differ
-(results of different configs, which must not be mixed: the message names both ``meta.json`` files).
+Variants keep the order in which they first appear in ``run_dirs``. A missing, truncated or
+malformed results file raises one :class:`ResultsError` naming the file and the problem; so do a
+``meta.json`` of another ``schema_version`` than :data:`reglab.contract.SCHEMA_VERSION` and jobs of
+one variant whose ``config_hash``es differ (results of different configs, which must not be mixed:
+the message names both ``meta.json`` files).
 """
 
 from __future__ import annotations
@@ -27,49 +25,32 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .stats import mean_ci
+from . import contract
+from .stats import std
+from .contract import FINAL, HISTORY, HISTORY_COLUMNS, HISTORY_METRICS, META, RUNTIME_SUMMARY, JobSeeds, ResultsError
 
-HISTORY_COLUMNS = ("study", "variant", "seed", "epoch", "train_loss", "train_acc", "test_loss",
-                   "test_acc", "epoch_time_s")
-FINAL_COLUMNS = ("study", "variant", "seed", "train_loss", "train_acc", "test_loss", "test_acc")
-META_KEYS = ("schema_version", "study", "variant", "chunk", "seeds", "fit_time_s", "peak_rss_mb", "threads")
-#: the run-directory format this module reads (``reglab.results.SCHEMA_VERSION`` writes it; a test
-#: keeps the two equal without importing torch here)
-SCHEMA_VERSION = 1
-CURVE_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-PER_SEED_COLUMNS = ("study", "variant", "chunk", "seed", "n_epochs", "final_train_acc",
-                    "final_test_acc", "final_train_loss", "final_test_loss", "generalisation_gap",
-                    "epochs_to_80", "reached_80", "peak_test_acc", "peak_epoch", "overfit_drop",
-                    "test_acc_volatility", "time_to_80_s", "diverged_epoch")
 RUNTIME_COLUMNS = ("study", "variant", "chunk", "n_seeds", "n_epochs", "fit_time_s",
                    "fit_time_per_seed_s", "epoch_time_mean_s", "epoch_time_std_s", "peak_rss_mb",
                    "threads", "accelerator")
-SUMMARY_COLUMNS = (
-    "study", "variant", "n", "diverged", "n_jobs", "n_epochs",
-    *(f"final_{s}_acc_{k}" for s in ("train", "test")
-      for k in ("mean", "std", "min", "max", "ci_low", "ci_high")),
-    "final_train_loss_mean", "final_test_loss_mean", "gap_mean", "gap_std",
-    "epochs_to_80_mean", "epochs_to_80_std", "reached_80", "never_80",
-    "peak_test_acc_mean", "peak_test_acc_std", "peak_epoch_mean",
-    "overfit_drop_mean", "test_acc_volatility_mean",
-    "fit_time_job_mean_s", "fit_time_per_seed_s",
-    "epoch_time_job_mean_s", "epoch_time_job_std_s",
-    "epoch_time_replica_mean_s", "epoch_time_replica_std_s", "time_to_80_mean_s",
-)
-_TOL = 1e-6
+
+
+def per_seed_columns() -> tuple[str, ...]:
+    """per_seed.csv's columns: the seed's identity, then every registered metric."""
+    return ("study", "variant", "chunk", "seed", "n_epochs", *contract.METRICS, "diverged_epoch")
+
+
+def summary_columns() -> tuple[str, ...]:
+    """summary.csv's columns: counts, the registered summary statistics, the job-level epoch times."""
+    return ("study", "variant", "n", "diverged", "n_jobs", "n_epochs", *contract.summary_stat_columns(),
+            *(c for pair in RUNTIME_SUMMARY.values() for c in pair))
 #: metrics a diverged seed leaves empty (NaN) from its diverged_epoch on; checked against it per row
 _NAN_OK = {"train_loss", "train_acc", "test_loss", "test_acc"}
 _INT_COLUMNS = {"seed", "epoch"}
-
-
-class ResultsError(ValueError):
-    """A results file is missing, truncated or malformed; the message names the file."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -142,13 +123,13 @@ def _read_meta(path: Path) -> dict:
         raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(meta, dict):
         raise ResultsError(f"{path}: expected a JSON object")
-    missing = [k for k in META_KEYS if k not in meta]
+    missing = [k for k in contract.META_KEYS if k not in meta]
     if missing:
         raise ResultsError(f"{path}: missing keys {missing}")
     version = meta["schema_version"]
-    if not _is_int(version) or version != SCHEMA_VERSION:
+    if not _is_int(version) or version != contract.SCHEMA_VERSION:
         raise ResultsError(f"{path}: schema_version {version!r}, but this reglab reads schema_version "
-                           f"{SCHEMA_VERSION} (written by another version: rerun its training job)")
+                           f"{contract.SCHEMA_VERSION} (written by another version: rerun its training job)")
     if not isinstance(meta["seeds"], list) or not meta["seeds"]:
         raise ResultsError(f"{path}: 'seeds' must be a non-empty list")
     if not all(_is_int(s) and s >= 0 for s in meta["seeds"]):
@@ -222,9 +203,9 @@ def _check_missing_metrics(run_dir: Path, hist: pd.DataFrame, final: pd.DataFram
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(history, final, meta) of one job directory, checked; history sorted by seed and epoch."""
     run_dir = Path(run_dir)
-    meta = _read_meta(run_dir / "meta.json")
-    hist = _read_csv(run_dir / "history.csv", HISTORY_COLUMNS)
-    final = _read_csv(run_dir / "final.csv", FINAL_COLUMNS)
+    meta = _read_meta(run_dir / META)
+    hist = _read_csv(run_dir / HISTORY, HISTORY_COLUMNS)
+    final = _read_csv(run_dir / FINAL, contract.FINAL_COLUMNS)
     if "diverged_epoch" in final.columns:
         final["diverged_epoch"] = _numeric(final["diverged_epoch"].astype(str), run_dir / "final.csv", "diverged_epoch")
     else:  # files written before divergence was recorded
@@ -240,40 +221,22 @@ def _job_epoch_times(hist: pd.DataFrame) -> np.ndarray:
     return hist.groupby("epoch", sort=True)["epoch_time_s"].mean().to_numpy(dtype=float)
 
 
-def seed_metrics(hist: pd.DataFrame, final: pd.DataFrame, n_seeds: int, threshold: float = 0.80) -> pd.DataFrame:
-    """Per-seed metrics of one job (see the module docstring); rows ordered by seed."""
-    acc = hist.pivot(index="seed", columns="epoch", values="test_acc").sort_index()
-    seeds, acc = acc.index.to_numpy(), acc.to_numpy(dtype=float)
-    reached = acc >= threshold - _TOL
-    any_reached = reached.any(axis=1)
-    first = reached.argmax(axis=1)
-    cum = np.cumsum(_job_epoch_times(hist)) / n_seeds
-    fin = final.set_index("seed").loc[seeds]
-    peak = acc.max(axis=1)
-    out = pd.DataFrame({
-        "seed": seeds,
-        "n_epochs": acc.shape[1],
-        "final_train_acc": fin["train_acc"].to_numpy(),
-        "final_test_acc": fin["test_acc"].to_numpy(),
-        "final_train_loss": fin["train_loss"].to_numpy(),
-        "final_test_loss": fin["test_loss"].to_numpy(),
-        "generalisation_gap": (fin["train_acc"] - fin["test_acc"]).to_numpy(),
-        "epochs_to_80": np.where(any_reached, first + 1, np.nan),
-        "reached_80": any_reached,
-        "peak_test_acc": peak,
-        "peak_epoch": acc.argmax(axis=1) + 1,
-        "overfit_drop": peak - fin["test_acc"].to_numpy(),
-        "test_acc_volatility": (np.abs(np.diff(acc, axis=1)).mean(axis=1) if acc.shape[1] > 1
-                                else np.full(len(seeds), np.nan)),
-        "time_to_80_s": np.where(any_reached, cum[first], np.nan),
-        "diverged_epoch": fin["diverged_epoch"].to_numpy(dtype=int),
-    })
-    diverged = out["diverged_epoch"].to_numpy() > 0  # no metric of a diverged seed counts
-    if diverged.any():
-        out["reached_80"] &= ~diverged
-        for col in out.columns.difference(["seed", "n_epochs", "diverged_epoch", "reached_80"]):
-            out[col] = out[col].astype(float).where(~diverged)
-    return out
+def seed_metrics(hist: pd.DataFrame, final: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Per-seed metrics of one job (``n_epochs``, every registered metric, ``diverged_epoch``), by seed.
+
+    No metric of a diverged seed counts: they are all NaN.
+    """
+    fin = final.set_index("seed").sort_index()
+    job = JobSeeds(
+        history={m: hist.pivot(index="seed", columns="epoch", values=m).loc[fin.index].to_numpy(float)
+                 for m in HISTORY_METRICS},
+        final={m: fin[m].to_numpy(float) for m in HISTORY_METRICS},
+        epoch_time_s=_job_epoch_times(hist), fit_time_s=float(meta["fit_time_s"]), n_seeds=len(meta["seeds"]),
+    )
+    diverged = fin["diverged_epoch"].to_numpy(dtype=int)
+    values = {name: np.where(diverged > 0, np.nan, v) for name, v in contract.seed_metrics(job).items()}
+    return pd.DataFrame({"seed": fin.index.to_numpy(), "n_epochs": job.history["test_acc"].shape[1],
+                         **values, "diverged_epoch": diverged})
 
 
 def runtime_row(hist: pd.DataFrame, meta: dict) -> dict:
@@ -285,7 +248,7 @@ def runtime_row(hist: pd.DataFrame, meta: dict) -> dict:
         "n_seeds": n_seeds, "n_epochs": times.size, "fit_time_s": float(meta["fit_time_s"]),
         "fit_time_per_seed_s": float(meta["fit_time_s"]) / n_seeds,
         "epoch_time_mean_s": float(times.mean()),
-        "epoch_time_std_s": float(times.std(ddof=1)) if times.size > 1 else math.nan,
+        "epoch_time_std_s": std(times),
         "peak_rss_mb": meta["peak_rss_mb"], "threads": meta["threads"],
         "accelerator": meta.get("accelerator", ""),
     }
@@ -294,7 +257,7 @@ def runtime_row(hist: pd.DataFrame, meta: dict) -> dict:
 # --------------------------------------------------------------------------- per study
 def curves_table(history: pd.DataFrame) -> pd.DataFrame:
     """Wide per-variant, per-epoch mean/std/n of each history metric (variant order kept)."""
-    g = history.groupby(["variant", "epoch"], sort=False)[list(CURVE_METRICS)]
+    g = history.groupby(["variant", "epoch"], sort=False)[list(HISTORY_METRICS)]
     out = g.agg(["mean", "std", "count"])
     out.columns = [f"{m}_{'n' if s == 'count' else s}" for m, s in out.columns]
     out.insert(0, "n", history.groupby(["variant", "epoch"], sort=False)["seed"].nunique())
@@ -304,52 +267,20 @@ def curves_table(history: pd.DataFrame) -> pd.DataFrame:
                            kind="stable").reset_index(drop=True)
 
 
-def _std(x) -> float:
-    """Sample std of the finite values (NaN when fewer than 2)."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    return float(x.std(ddof=1)) if x.size > 1 else math.nan
-
-
-def _mean(x) -> float:
-    """Mean of the finite values (NaN when none)."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else math.nan
-
-
-def summary_row(ps: pd.DataFrame, rt: pd.DataFrame, epoch_times: list[tuple[np.ndarray, int]]) -> dict:
-    """One summary.csv row from a variant's per-seed rows, runtime rows and (job epoch times, n_seeds).
+def summary_row(ps: pd.DataFrame, epoch_times: list[tuple[np.ndarray, int]]) -> dict:
+    """One summary.csv row from a variant's per-seed rows and its jobs' (epoch times, n_seeds).
 
     Diverged seeds are left out of every statistic: ``n`` counts the others, ``diverged`` them.
     """
     ok = ps["diverged_epoch"].fillna(0).to_numpy() == 0
     row = {"study": ps["study"].iloc[0], "variant": ps["variant"].iloc[0], "n": int(ok.sum()),
-           "diverged": int((~ok).sum()), "n_jobs": len(rt), "n_epochs": int(ps["n_epochs"].max())}
-    ps = ps[ok]
-    for split in ("train", "test"):
-        x = ps[f"final_{split}_acc"].to_numpy(float)
-        m, lo, hi = mean_ci(x)
-        row.update({f"final_{split}_acc_mean": m, f"final_{split}_acc_std": _std(x),
-                    f"final_{split}_acc_min": float(x.min()) if x.size else math.nan,
-                    f"final_{split}_acc_max": float(x.max()) if x.size else math.nan,
-                    f"final_{split}_acc_ci_low": lo, f"final_{split}_acc_ci_high": hi})
+           "diverged": int((~ok).sum()), "n_jobs": len(epoch_times), "n_epochs": int(ps["n_epochs"].max())}
+    row.update(contract.summary_statistics({m: ps.loc[ok, m].to_numpy(float) for m in contract.METRICS}))
     job = np.concatenate([t for t, _ in epoch_times])
     replica = np.concatenate([t / n for t, n in epoch_times])
-    row.update({
-        "final_train_loss_mean": _mean(ps["final_train_loss"]), "final_test_loss_mean": _mean(ps["final_test_loss"]),
-        "gap_mean": _mean(ps["generalisation_gap"]), "gap_std": _std(ps["generalisation_gap"]),
-        "epochs_to_80_mean": _mean(ps["epochs_to_80"]), "epochs_to_80_std": _std(ps["epochs_to_80"]),
-        "reached_80": int(ps["reached_80"].sum()), "never_80": int((~ps["reached_80"].astype(bool)).sum()),
-        "peak_test_acc_mean": _mean(ps["peak_test_acc"]), "peak_test_acc_std": _std(ps["peak_test_acc"]),
-        "peak_epoch_mean": _mean(ps["peak_epoch"]), "overfit_drop_mean": _mean(ps["overfit_drop"]),
-        "test_acc_volatility_mean": _mean(ps["test_acc_volatility"]),
-        "fit_time_job_mean_s": _mean(rt["fit_time_s"]),
-        "fit_time_per_seed_s": float(rt["fit_time_s"].sum() / rt["n_seeds"].sum()),
-        "epoch_time_job_mean_s": _mean(job), "epoch_time_job_std_s": _std(job),
-        "epoch_time_replica_mean_s": _mean(replica), "epoch_time_replica_std_s": _std(replica),
-        "time_to_80_mean_s": _mean(ps["time_to_80_s"]),
-    })
+    (job_mean, job_std), (replica_mean, replica_std) = RUNTIME_SUMMARY.values()
+    row.update({job_mean: float(job.mean()), job_std: std(job),
+                replica_mean: float(replica.mean()), replica_std: std(replica)})
     return row
 
 
@@ -364,33 +295,7 @@ def _check_same_config(seen: dict, run_dir: Path, meta: dict) -> None:
             "(rerun the stale training jobs)")
 
 
-def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` via a temporary file in the same directory and os.replace.
-
-    On any failure (disk full, read-only folder) the temporary file is removed, an existing ``path``
-    is left as it was, and the OSError names ``path``.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            Path(tmp).unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-
-
-def aggregate_study(run_dirs: list[Path], outdir: Path, threshold: float = 0.80) -> None:
+def aggregate_study(run_dirs: list[Path], outdir: Path) -> None:
     """Read every job of one study and write finals/per_seed/curves/summary/runtime CSVs to outdir."""
     if not run_dirs:
         raise ResultsError(f"{outdir}: no run directories to aggregate")
@@ -399,7 +304,7 @@ def aggregate_study(run_dirs: list[Path], outdir: Path, threshold: float = 0.80)
         hist, final, meta = load_run(run_dir)
         _check_same_config(hashes, run_dir, meta)
         n_seeds, chunk = len(meta["seeds"]), int(meta["chunk"])
-        ps = seed_metrics(hist, final, n_seeds, threshold)
+        ps = seed_metrics(hist, final, meta)
         ps.insert(0, "chunk", chunk)
         ps.insert(0, "variant", str(meta["variant"]))
         ps.insert(0, "study", str(meta["study"]))
@@ -409,7 +314,7 @@ def aggregate_study(run_dirs: list[Path], outdir: Path, threshold: float = 0.80)
         runtime.append(runtime_row(hist, meta))
         times.setdefault(str(meta["variant"]), []).append((_job_epoch_times(hist), n_seeds))
     order = {v: i for i, v in enumerate(times)}
-    per_seed_df = (pd.concat(per_seed, ignore_index=True)[list(PER_SEED_COLUMNS)]
+    per_seed_df = (pd.concat(per_seed, ignore_index=True)[list(per_seed_columns())]
                    .sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c,
                                 kind="stable").reset_index(drop=True))
     dup = per_seed_df.duplicated(["variant", "seed"])
@@ -417,11 +322,13 @@ def aggregate_study(run_dirs: list[Path], outdir: Path, threshold: float = 0.80)
         r = per_seed_df[dup].iloc[0]
         raise ResultsError(f"{outdir}: variant {r['variant']!r} seed {r['seed']} appears in more than one run directory")
     runtime_df = pd.DataFrame(runtime, columns=list(RUNTIME_COLUMNS))
-    summary = [summary_row(per_seed_df[per_seed_df["variant"] == v], runtime_df[runtime_df["variant"] == v], t)
-               for v, t in times.items()]
-    outdir = Path(outdir)
-    write_csv_atomic(pd.concat(finals, ignore_index=True), outdir / "finals.csv")
-    write_csv_atomic(per_seed_df, outdir / "per_seed.csv")
-    write_csv_atomic(curves_table(pd.concat(hists, ignore_index=True)), outdir / "curves.csv")
-    write_csv_atomic(pd.DataFrame(summary, columns=list(SUMMARY_COLUMNS)), outdir / "summary.csv")
-    write_csv_atomic(runtime_df, outdir / "runtime.csv")
+    summary = [summary_row(per_seed_df[per_seed_df["variant"] == v], t) for v, t in times.items()]
+    tables = {
+        "summary": pd.DataFrame(summary, columns=list(summary_columns())),
+        "per_seed": per_seed_df,
+        "curves": curves_table(pd.concat(hists, ignore_index=True)),
+        "finals": pd.concat(finals, ignore_index=True),
+        "runtime": runtime_df,
+    }
+    for name in contract.AGGREGATES:
+        contract.write_csv(tables[name], Path(outdir) / f"{name}.csv")

@@ -112,6 +112,12 @@ def check_specs(specs: list[dict]) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from reglab.data import DataError, load_dataset
 
+    from reglab.contract import read_json_list
+
+    if args.spec is None:
+        args.spec = read_json_list(args.spec_file, "variant specs")
+        if not all(isinstance(spec, dict) for spec in args.spec):
+            raise UsageError(f"--spec-file {args.spec_file}: expected a JSON list of variant specs")
     check_specs(args.spec)
     try:
         data = load_dataset(args.dataset)
@@ -131,16 +137,18 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from reglab.aggregate import aggregate_study
+    from reglab.contract import read_json_list
 
-    aggregate_study(args.runs, args.outdir)
+    runs = args.runs or [Path(p) for p in read_json_list(args.runs_file, "run directories")]
+    aggregate_study(runs, args.outdir)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from reglab.config import validate_config
+    from reglab.contract import read_validated_config
     from reglab.provenance import git_state, machine, versions
     from reglab.report import render_report
 
-    validate_config(args.config, source="--config")  # a ConfigError names the key path
+    config, config_hash = read_validated_config(args.config)  # validated by the workflow: trusted
     info = {}
     if args.run_info is not None and args.run_info.is_file():
         try:
@@ -155,14 +163,27 @@ def cmd_report(args: argparse.Namespace) -> None:
         "started": info.get("started", "unknown"),
         "report rendered": finished.isoformat(timespec="seconds"),
         "git": git_state(),
-        "config hash": args.config_hash,
+        "config hash": config_hash,
         "versions": versions(),
         **machine(),
-        "threads per training job": args.config.get("threads"),
+        "threads per training job": config["threads"],
     }
     if "started" in info:
         prov["wall time"] = f"{(finished - dt.datetime.fromisoformat(info['started'])).total_seconds():.0f} s"
-    render_report(args.config, args.results, args.out, provenance=prov)
+    render_report(config, args.results, args.out, provenance=prov)
+
+
+def cmd_docs(args: argparse.Namespace) -> None:
+    from reglab.configdocs import render
+
+    text = render()
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
+        if current != text:
+            raise UsageError(f"{args.out} is not what the schema and the layer registry give: "
+                             "run python -m reglab docs")
+        return
+    args.out.write_text(text, encoding="utf-8")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,8 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("train", help="train one chunk of seeds of a pack of variants")
-    p.add_argument("--spec", type=json_objects, required=True,
-                   help="a variant spec as JSON, or a list of them (trained one after another)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--spec", type=json_objects,
+                      help="a variant spec as JSON, or a list of them (trained one after another)")
+    what.add_argument("--spec-file", type=existing_file,
+                      help="a JSON file with a list of variant specs (the workflow's results/specs/STUDY/PACK.json)")
     p.add_argument("--dataset", type=existing_file, required=True, help="dataset npz")
     p.add_argument("--seeds", type=seed_list, required=True, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--chunk", type=int, default=0, help="chunk index (recorded)")
@@ -186,25 +210,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("aggregate", help="aggregate one study's runs")
-    p.add_argument("--runs", type=existing_dir, nargs="+", required=True, help="run directories")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--runs", type=existing_dir, nargs="+", help="run directories")
+    what.add_argument("--runs-file", type=existing_file,
+                      help="a JSON file with a list of run directories (the workflow's results/specs/STUDY.runs.json)")
     p.add_argument("--outdir", type=Path, required=True, help="directory for the aggregate CSVs")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("report", help="render report/index.html")
-    p.add_argument("--config", type=json_object, required=True, help="the validated config as JSON")
-    p.add_argument("--config-hash", default="unknown", help="hash of the validated config")
+    p.add_argument("--config", type=existing_file, required=True,
+                   help="the validated config the workflow wrote (results/config.json)")
     p.add_argument("--results", type=existing_dir, required=True, help="results directory")
     p.add_argument("--run-info", type=Path, default=None, help="JSON with the workflow's command and start time")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("docs", help="write config/README.md from the config schema and the layer registry")
+    p.add_argument("--out", type=Path, default=Path("config/README.md"), help="markdown file to write")
+    p.add_argument("--check", action="store_true", help="only check that the file is current (exit 2 if not)")
+    p.set_defaults(func=cmd_docs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from reglab.aggregate import ResultsError
     from reglab.config import ConfigError
+    from reglab.contract import ResultsError
     from reglab.data import DataError
 
     try:

@@ -1,26 +1,29 @@
 """Load and validate the workflow config; expand it into variant specs and training jobs.
 
-The JSON schema (workflow/schemas/config.schema.yaml) checks each value and supplies defaults;
-`validate_config` adds the checks a schema cannot express (cross-references between sections).
+The JSON schema (`config_schema()`: src/reglab/schemas/config.schema.yaml, shipped as package data,
+with each layer type's options from the layer registry, reglab.layerkinds) checks each value and
+supplies defaults; `validate_config` adds the checks a schema cannot express (cross-references
+between sections).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import reprlib
+from importlib import resources
 from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from reglab.layerkinds import LAYER_KINDS
 from reglab.shapes import ShapeError, dataset_input, head_error, output_shape
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-LAYER_TYPES = ("dense", "batch_norm", "dropout", "gaussian_noise", "activation", "conv2d", "max_pooling2d",
-               "flatten", "spatial_dropout2d", "lstm")
+LAYER_TYPES = tuple(LAYER_KINDS)
 
 
 class ConfigError(ValueError):
@@ -64,13 +67,32 @@ def load_config(path) -> dict:
     return data
 
 
-def validate_config(config: dict, schema_path=SCHEMA_PATH, source: str = "config") -> dict:
+@functools.cache
+def _schema() -> dict:
+    """The config schema, read once (shared: never modify it; `config_schema()` gives a copy)."""
+    text = (resources.files("reglab") / "schemas" / "config.schema.yaml").read_text(encoding="utf-8")
+    schema = yaml.safe_load(text)
+    schema["$defs"]["layer"]["properties"] = {name: copy.deepcopy(kind.options) for name, kind in LAYER_KINDS.items()}
+    return schema
+
+
+def config_schema() -> dict:
+    """The JSON schema of a config: reglab/schemas/config.schema.yaml (package data) with
+    `$defs.layer.properties` filled in from the layer registry's options, one entry per layer type."""
+    return copy.deepcopy(_schema())
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(_schema())
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
     """Return a validated copy of `config` with every schema default (and each study's seeds) filled in.
 
     Raises ConfigError; `source` (the config file's name, when known) is named in its message.
     """
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = Draft202012Validator(schema)
+    schema, validator = _schema(), _validator()
     _raise_first_schema_error(validator, config, source)
     config = copy.deepcopy(config)
     origins = _expand_grids(config, schema, source)
@@ -391,3 +413,4 @@ def training_jobs(config: dict) -> list[dict]:
         for pack, variants in study_packs(config, study).items()
         for k, seeds in enumerate(_chunks(config, study))
     ]
+

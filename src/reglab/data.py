@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from sklearn import datasets as skdatasets
+
+from reglab.contract import atomic_write
 
 
 def load_digits(n_samples: int = 1797, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -79,17 +80,8 @@ def make_dataset(spec: dict) -> dict[str, np.ndarray]:
 
 
 def save_dataset(data: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write a dataset to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: data[k] for k in KEYS})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a dataset to ``path`` atomically (npz, no pickle)."""
+    atomic_write(path, lambda fh: np.savez(fh, **{k: data[k] for k in KEYS}))
 
 
 def load_dataset(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -35,8 +35,10 @@ def keras_init_(tensor: torch.Tensor, name: str, fan_in: int, fan_out: int, gene
 
 
 def draw_per_replica(like: torch.Tensor, generators: list[torch.Generator], fill: str) -> torch.Tensor:
-    """A tensor shaped like ``like`` whose slice r is filled (``uniform_``/``normal_``) from generator r."""
-    out = torch.empty_like(like)
+    """A tensor shaped like ``like`` whose slice r is filled (``uniform_``/``normal_``) from generator r,
+    in the slice's logical (row-major) order whatever ``like``'s memory layout: a replica's draws
+    depend on its seed and the shape alone (torch fills a strided tensor in memory order)."""
+    out = like.new_empty(like.shape)
     for r, gen in enumerate(generators):
         getattr(out[r], fill)(generator=gen)
     return out

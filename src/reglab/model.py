@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reglab import conv, recurrent
 from reglab import layers as L
+from reglab.layerkinds import LAYER_KINDS
 from reglab.shapes import output_shape
 
 # Independent random streams derived from each seed.
@@ -21,33 +21,13 @@ def seed_generator(seed: int, stream: int, device: str | torch.device = "cpu") -
     return torch.Generator(device=device).manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-LAYERS = {
-    "dense": L.Dense,
-    "batch_norm": L.BatchNorm,
-    "dropout": L.Dropout,
-    "gaussian_noise": L.GaussianNoise,
-    "activation": L.Activation,
-    "conv2d": conv.Conv2D,
-    "max_pooling2d": conv.MaxPooling2D,
-    "flatten": conv.Flatten,
-    "spatial_dropout2d": conv.SpatialDropout2D,
-    "lstm": recurrent.LSTM,
-}
-
-
 def build_layer(spec: dict, replicas: int, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
     """One layer from its ``{kind: params}`` spec and its input's per-sample shape (see
-    :mod:`reglab.shapes`); returns the layer and its output's per-sample shape."""
+    :mod:`reglab.shapes`), by the layer registry's builder (:mod:`reglab.layerkinds`); returns the
+    layer and its output's per-sample shape."""
     (kind, params), = spec.items()
     out = output_shape(kind, params, shape)
-    if kind == "batch_norm":  # feature maps normalise each channel (axis 2), others the last axis
-        maps = len(shape) == 3
-        return L.BatchNorm(replicas, shape[0] if maps else shape[-1], axis=2 if maps else -1, **params), out
-    if kind in ("dense", "conv2d"):  # input features / channels
-        return LAYERS[kind](replicas, shape[0], **params), out
-    if kind == "lstm":  # sequences (time, features)
-        return LAYERS[kind](replicas, shape[1], **params), out
-    return LAYERS[kind](**params), out
+    return LAYER_KINDS[kind].build(replicas, tuple(shape), params), out
 
 
 class ReplicaNet(nn.Module):

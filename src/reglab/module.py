@@ -15,11 +15,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from reglab.contract import HISTORY_METRICS
 from reglab.layers import draw_per_replica
 from reglab.model import STREAM_SHUFFLE, ReplicaNet, seed_generator
 from reglab.optim import make_optimizer
-
-HISTORY_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def shuffle_orders(seeds: list[int], epochs: int, n: int) -> torch.Tensor:

@@ -2,13 +2,16 @@
 
 Input sequences are ``[S, B, T, F]`` (replica, sample, time, feature). The recurrence runs in
 :class:`_Recurrence`, an autograd Function with a hand-written backward through time: each step is
-one batched matmul over all replicas (inputs, state and bias at once) and a few elementwise ops,
-with no autograd graph per step.
+one batched matmul over all replicas (inputs, state and bias at once; with recurrent dropout over
+all replicas and gates, each gate reading its own masked inputs and state) and a few elementwise
+ops, with no autograd graph per step.
 
 Speed (CPU, one thread, S=10, B=32, forward+backward; a shared machine, +-20%): about 0.85-0.9x
 the time of 10 separate ``nn.LSTM`` calls, whose CPU kernels are fused (oneDNN); the same LSTM
 built from per-step autograd ops took ~3x their time. It does not beat torch's fused LSTM on CPU;
 it exists for Keras' semantics (recurrent dropout, initialisers) and per-replica random streams.
+With recurrent dropout (Keras' per-gate masks: four smaller matmuls per replica and step, the
+masked states and inputs four times over) a training pass takes ~1.3x its time without.
 """
 
 from __future__ import annotations
@@ -24,13 +27,55 @@ from reglab.layers import RandomDraws, dropout_mask, keras_init_
 GATE_SCALE = (1.0, 1.0, 2.0, 1.0)
 
 
+def _cell_step(t: int, a: torch.Tensor, gs, cs, tcs, hs, one, two) -> torch.Tensor:
+    """Step t's cell from its gates' sigmoids ``a`` ``[S, 4U, B]``: writes ``gs[t]`` (the c gate),
+    ``cs[t]`` (cell state), ``tcs[t]`` (its tanh) and returns ``hs[t]`` (output)."""
+    i, f, sg, o = a.split(gs.shape[2], dim=1)
+    g = torch.mul(sg, two, out=gs[t]).sub_(one)
+    c = torch.mul(i, g, out=cs[t])
+    if t > 0:
+        c.addcmul_(f, cs[t - 1])
+    tc = torch.mul(c, two, out=tcs[t]).sigmoid_().mul_(two).sub_(one)
+    return torch.mul(o, tc, out=hs[t])
+
+
+def _cell_step_backward(t: int, dh, dc, d, dz, sig, gs, cs, tcs, one, two) -> torch.Tensor:
+    """Step t's gradient w.r.t. its gates' (scaled) pre-activations, written to ``d`` ``[S, 4U, B]``
+    (``dz``: its four gate blocks), from the gradients reaching its output ``dh`` and cell state
+    ``dc`` (None at the last step); returns the gradient passed on to cell state t-1."""
+    a = sig[t]
+    i, f, _, o = a.split(gs.shape[2], dim=1)
+    dzi, dzf, dzg, dzo = dz
+    g, tc = gs[t], tcs[t]
+    # dc += dh * o * (1 - tanh(c)^2)
+    dtc = torch.addcmul(one, tc, tc, value=-1).mul_(o)
+    dc = dtc.mul_(dh) if dc is None else dc.addcmul_(dh, dtc)
+    # upstream of each gate's activation: dc*g, dc*c_prev, dc*i (x2: g = 2*sig - 1), dh*tanh(c)
+    torch.mul(dc, g, out=dzi)
+    if t > 0:
+        torch.mul(dc, cs[t - 1], out=dzf)
+    else:
+        dzf.zero_()
+    torch.mul(dc, i, out=dzg).mul_(two)
+    torch.mul(dh, tc, out=dzo)
+    d.mul_(torch.addcmul(a, a, a, value=-1))  # times sigmoid' = sig * (1 - sig)
+    return dc.mul_(f) if t > 0 else dc
+
+
 class _Recurrence(torch.autograd.Function):
     """The LSTM over a whole sequence, all replicas at once, time- and feature-major.
 
-    ``x`` ``[T, S, F, B]``; ``w`` ``[S, F+U+1, 4U]``: the kernel, recurrent kernel and bias stacked
-    (rows), gate blocks i, f, c, o (columns), the c block scaled by 2 (:data:`GATE_SCALE`);
-    ``mask`` ``[S, U, B]`` (recurrent dropout, scaled) or None. Returns every step's hidden state
-    ``[T, S, U, B]``; zero initial state. Step t's pre-activations are ``w.T @ [x_t; h_in; 1]``.
+    Without a recurrent mask (one group: every gate reads the same inputs): ``x`` ``[T, S, F, B]``;
+    ``w`` ``[S, F+U+1, 4U]``: the kernel, recurrent kernel and bias stacked (rows), gate blocks
+    i, f, c, o (columns). Step t's pre-activations are ``w.T @ [x_t; h_{t-1}; 1]``.
+
+    With ``mask`` ``[S, 4, U, B]`` (recurrent dropout, scaled; four groups: each gate reads its
+    own inputs): ``x`` ``[T, S*4, F, B]``, replica-major, gate k's (masked) inputs at row
+    ``s*4 + k``; ``w`` ``[S*4, F+U+1, U]``, gate k's columns of the stacked weights. Gate k's
+    pre-activations are ``w[k].T @ [x_t[k]; h_{t-1} * mask[k]; 1]``.
+
+    Either way the c gate's weights are scaled by 2 (:data:`GATE_SCALE`); returns every step's
+    hidden state ``[T, S, U, B]``; zero initial state.
 
     Why (CPU, measured at S=10, B=32, U=32, where per-op overhead rivals the arithmetic): one
     matmul per step with the input and bias rows folded in, and no ``[T, S, 4U, B]`` input
@@ -42,34 +87,29 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        t_len, s, f_in, b = x.shape
-        u = w.shape[2] // 4
+        t_len, sg, f_in, b = x.shape
+        groups = 1 if mask is None else mask.shape[1]
+        s, u = sg // groups, w.shape[2] * groups // 4
         one, two = x.new_tensor(1.0), x.new_tensor(2.0)
-        w_t = w.transpose(1, 2)  # [S, 4U, F+U+1]
-        xh = x.new_empty(t_len, s, f_in + u + 1, b)  # each step's [x_t; h_in; 1]
+        w_t = w.transpose(1, 2)  # [S*G, 4U/G, F+U+1]
+        xh = x.new_empty(t_len, sg, f_in + u + 1, b)  # each step's [x_t; h_{t-1}; 1], per group
         xh[:, :, :f_in] = x
         xh[0, :, f_in : f_in + u] = 0.0
         xh[:, :, f_in + u] = 1.0
-        sig = x.new_empty(t_len, s, 4 * u, b)  # sigmoid of every gate's (scaled) pre-activation
         gs = x.new_empty(t_len, s, u, b)  # the c gate: tanh(z) = 2*sig - 1
         cs = torch.empty_like(gs)  # cell states
         tcs = torch.empty_like(gs)  # tanh(c)
         hs = torch.empty_like(gs)  # outputs
+        sig = x.new_empty(t_len, s, 4 * u, b)  # sigmoid of every gate's (scaled) pre-activation
         for t in range(t_len):
-            a = torch.bmm(w_t, xh[t], out=sig[t]).sigmoid_()
-            i, f, sg, o = a.split(u, dim=1)
-            g = torch.mul(sg, two, out=gs[t]).sub_(one)
-            c = torch.mul(i, g, out=cs[t])
-            if t > 0:
-                c.addcmul_(f, cs[t - 1])
-            tc = torch.mul(c, two, out=tcs[t]).sigmoid_().mul_(two).sub_(one)
-            h = torch.mul(o, tc, out=hs[t])
+            torch.bmm(w_t, xh[t], out=sig[t].view(sg, -1, b))
+            h = _cell_step(t, sig[t].sigmoid_(), gs, cs, tcs, hs, one, two)
             if t + 1 < t_len:
                 h_next = xh[t + 1, :, f_in : f_in + u]
                 if mask is None:
                     h_next.copy_(h)
                 else:
-                    torch.mul(h, mask, out=h_next)
+                    torch.mul(h.unsqueeze(1), mask, out=h_next.view(s, groups, u, b))
         ctx.save_for_backward(xh, w, sig, gs, cs, tcs, mask)
         ctx.f_in = f_in
         return hs
@@ -81,42 +121,27 @@ class _Recurrence(torch.autograd.Function):
         f_in = ctx.f_in
         t_len, s, u4, b = sig.shape
         u = u4 // 4
+        sg = xh.shape[1]
         one, two = sig.new_tensor(1.0), sig.new_tensor(2.0)
         need_x, need_w = ctx.needs_input_grad[:2]
         d = sig.new_empty(s, u4, b)  # one step's gradient w.r.t. the pre-activations
-        dzi, dzf, dzg, dzo = d.split(u, dim=1)
-        dxh = sig.new_empty(t_len, s, f_in + u, b) if need_x else None
+        dz = d.split(u, dim=1)
+        d_groups = d.view(sg, -1, b)
+        dxh = sig.new_empty(t_len, sg, f_in + u, b) if need_x else None
         w_h = w[:, f_in : f_in + u]  # the recurrent rows
         grad_w = torch.zeros_like(w) if need_w else None
         dh = dc = None
         for t in range(t_len - 1, -1, -1):
-            a = sig[t]
-            i, f, _, o = a.split(u, dim=1)
-            g, tc = gs[t], tcs[t]
             dh = grad_hs[t] if dh is None else dh.add_(grad_hs[t])
-            # dc += dh * o * (1 - tanh(c)^2)
-            dtc = torch.addcmul(one, tc, tc, value=-1).mul_(o)
-            dc = dtc.mul_(dh) if dc is None else dc.addcmul_(dh, dtc)
-            # upstream of each gate's activation: dc*g, dc*c_prev, dc*i (x2: g = 2*sig - 1), dh*tanh(c)
-            torch.mul(dc, g, out=dzi)
-            if t > 0:
-                torch.mul(dc, cs[t - 1], out=dzf)
-            else:
-                dzf.zero_()
-            torch.mul(dc, i, out=dzg).mul_(two)
-            torch.mul(dh, tc, out=dzo)
-            d.mul_(torch.addcmul(a, a, a, value=-1))  # times sigmoid' = sig * (1 - sig)
+            dc = _cell_step_backward(t, dh, dc, d, dz, sig, gs, cs, tcs, one, two)
             if need_w:
-                grad_w.baddbmm_(xh[t], d.transpose(1, 2))
+                grad_w.baddbmm_(xh[t], d_groups.transpose(1, 2))
             if need_x:
-                dh = torch.bmm(w[:, : f_in + u], d, out=dxh[t])[:, f_in:]
+                dh = torch.bmm(w[:, : f_in + u], d_groups, out=dxh[t])[:, f_in:]
             elif t > 0:
-                dh = torch.bmm(w_h, d)
-            if t == 0:
-                break
-            dc.mul_(f)
-            if mask is not None:
-                dh.mul_(mask)
+                dh = torch.bmm(w_h, d_groups)
+            if mask is not None and t > 0:  # each gate's share of the gradient, through its mask
+                dh = dh.view(s, -1, u, b).mul(mask).sum(dim=1)
         return (dxh[:, :, :f_in] if need_x else None), grad_w, None
 
 
@@ -129,11 +154,19 @@ class LSTM(RandomDraws):
     ``[S, units, 4*units]`` (Keras ``Orthogonal`` over the whole matrix: its rows are orthonormal),
     ``bias`` ``[S, 1, 4*units]`` zeros with the forget-gate block at 1 (``unit_forget_bias``).
 
-    ``dropout`` / ``recurrent_dropout`` (training only, inverted scaling) follow Keras 3: one mask
-    per replica and sample for the inputs ``[S, B, F]`` and one for the recurrent state
-    ``[S, B, units]``, drawn once per sequence (per forward pass) and reused at every time step and
-    by all four gates (Gal & Ghahramani's variational RNN). A fresh mask per time step is instead
-    :class:`reglab.layers.Dropout` applied to the ``[S, B, T, F]`` input before the LSTM.
+    ``dropout`` / ``recurrent_dropout`` (training only, inverted scaling) follow Keras 3's
+    ``LSTMCell``; every mask is drawn once per forward pass (per batch of sequences), per replica
+    from that replica's generator, and reused at every time step (Gal & Ghahramani's variational RNN):
+
+    - ``recurrent_dropout == 0`` (Keras' ``implementation=2``): with ``dropout``, ONE input mask
+      ``[S, B, F]`` shared by all four gates.
+    - ``recurrent_dropout > 0`` (Keras switches to ``implementation=1``, ``dropout_mask_count=4``):
+      FOUR independent input masks ``[S, 4, B, F]`` (one per gate i, f, c, o; only when
+      ``dropout > 0``), drawn first, then FOUR independent recurrent masks ``[S, 4, B, units]``,
+      one per gate, on the state ``h_{t-1}`` that gate sees.
+
+    A fresh mask per time step is instead :class:`reglab.layers.Dropout` applied to the
+    ``[S, B, T, F]`` input before the LSTM.
 
     Output: the last hidden state ``[S, B, units]``, or every step's ``[S, B, T, units]`` with
     ``return_sequences=True``.
@@ -174,15 +207,32 @@ class LSTM(RandomDraws):
             self.bias[:, :, u : 2 * u] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, b, _, f = x.shape
-        u = self.units
-        train = self.training
-        if train and self.dropout > 0.0:
-            x = x * dropout_mask(x.new_empty(s, b, 1, f), self.generators, self.dropout)
-        rec_mask = None
-        if train and self.recurrent_dropout > 0.0:
-            rec_mask = dropout_mask(x.new_empty(s, b, u), self.generators, self.recurrent_dropout).transpose(1, 2).contiguous()
-        scale = x.new_tensor(GATE_SCALE).repeat_interleave(u)  # [4U]
-        w = torch.cat([self.kernel, self.recurrent_kernel, self.bias], dim=1) * scale  # [S, F+U+1, 4U]
-        hs = _Recurrence.apply(x.permute(2, 0, 3, 1), w, rec_mask)  # [T, S, U, B]
+        gated = self.training and self.recurrent_dropout > 0.0
+        hs = self._per_gate_masks(x) if gated else self._shared_mask(x)  # [T, S, U, B]
         return hs.permute(1, 3, 0, 2) if self.return_sequences else hs[-1].transpose(1, 2)
+
+    def _stacked_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """Kernel, recurrent kernel and bias stacked ``[S, F+U+1, 4U]``, the c gate's columns
+        scaled by 2 (:data:`GATE_SCALE`)."""
+        scale = like.new_tensor(GATE_SCALE).repeat_interleave(self.units)
+        return torch.cat([self.kernel, self.recurrent_kernel, self.bias], dim=1) * scale
+
+    def _shared_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Keras' ``implementation=2``: one input dropout mask for all gates, no recurrent dropout."""
+        s, b, _, f = x.shape
+        if self.training and self.dropout > 0.0:
+            x = x * dropout_mask(x.new_empty(s, b, 1, f), self.generators, self.dropout)
+        return _Recurrence.apply(x.permute(2, 0, 3, 1), self._stacked_weights(x), None)
+
+    def _per_gate_masks(self, x: torch.Tensor) -> torch.Tensor:
+        """Keras' ``implementation=1`` in training: per gate its own input and recurrent dropout masks."""
+        s, b, t, f = x.shape
+        u = self.units
+        x_steps = x.permute(2, 0, 3, 1).unsqueeze(2)  # [T, S, 1, F, B]
+        if self.dropout > 0.0:
+            in_mask = dropout_mask(x.new_empty(s, 4, b, f), self.generators, self.dropout)
+            x_steps = x_steps * in_mask.transpose(2, 3)  # [T, S, 4, F, B]: gate k's inputs
+        rec_mask = dropout_mask(x.new_empty(s, 4, b, u), self.generators, self.recurrent_dropout)
+        w = self._stacked_weights(x).view(s, f + u + 1, 4, u).transpose(1, 2).reshape(s * 4, f + u + 1, u)
+        x_gates = x_steps.expand(t, s, 4, f, b).reshape(t, s * 4, f, b)
+        return _Recurrence.apply(x_gates, w, rec_mask.transpose(2, 3).contiguous())

@@ -1,9 +1,9 @@
 """Render the self-contained HTML report from the aggregates (Jinja2, autoescaped).
 
-``render_report(config, results_dir, out_html, provenance)`` reads
-``results_dir/aggregate/{study}/{summary,per_seed,curves,runtime}.csv``,
-``results_dir/datasets/{dataset}.npz``, ``results_dir/runs/{study}/{pack}/chunk*/{variant}/``
-(``boundary.npz``, ``meta.json``), the published YAML named by ``config["published"]`` (relative
+``render_report(config, results_dir, out_html, provenance)`` renders a validated config (see
+:func:`reglab.config.validate_config`; nothing is checked or defaulted here again). It reads the
+files of :mod:`reglab.contract`'s layout under ``results_dir``: each study's aggregate tables, its
+dataset and its run directories (``boundary.npz``, ``meta.json``), the published YAML named by ``config["published"]`` (relative
 to the CWD; its section is skipped when absent) and checks ``config["claims"]``. Figures are
 inlined as PNG ``data:`` URIs and the CSS is inlined, so the page loads nothing from outside.
 
@@ -15,7 +15,7 @@ studies have none, and a 2-D binary study without them gets a one-line note inst
 In a study with grids the per-variant figures show only its explicit variants and each grid's
 baseline (:func:`figure_variants` states the rule); grid points are drawn by the grid figures and
 listed in the summary under a collapsed "Grid points (N)". Seeds that diverged (summary.csv's
-optional ``diverged`` count, NaN metrics and boundaries) are shown as "n (+k diverged)" and left
+``diverged`` count, NaN metrics and boundaries) are shown as "n (+k diverged)" and left
 out of the figures' means.
 """
 
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,12 +34,11 @@ import pandas as pd
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from . import plots
+from . import contract, plots
 from .aggregate import ResultsError
+from .contract import METRICS, RUNTIME_SUMMARY, SUMMARY
 from .stats import check_claim, compare_published, mean_ci, metric_values
 
-AGGREGATES = ("summary", "per_seed", "curves", "runtime")
-METRIC_DIGITS = {"epochs_to_80": 1, "peak_epoch": 1, "test_acc_volatility": 4}
 DASH = "\u2013"
 #: third-party variant names (published.yaml ``third_party.{study}``) -> ours in ``{study}_ext``
 THIRD_PARTY_ALIASES = {"bn_no_beta_gamma": "bn_no_affine", "bn_input_and_after": "bn_input"}
@@ -106,9 +103,13 @@ def _read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"study": str, "variant": str}, keep_default_na=False, na_values=[""])
 
 
-def load_aggregates(agg_dir: Path) -> dict[str, pd.DataFrame]:
-    """summary, per_seed, curves and runtime tables of one study."""
-    return {name: _read_table(agg_dir / f"{name}.csv") for name in AGGREGATES}
+#: the aggregate tables (:data:`reglab.contract.AGGREGATES`) the report shows
+SHOWN_TABLES = ("summary", "per_seed", "curves", "runtime")
+
+
+def load_aggregates(results_dir: Path, study: str) -> dict[str, pd.DataFrame]:
+    """The aggregate tables the report shows of one study, by name."""
+    return {name: _read_table(Path(contract.aggregate_path(results_dir, study, name))) for name in SHOWN_TABLES}
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -119,13 +120,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def _run_dirs(runs_dir: Path, variant: str) -> list[Path]:
-    """A variant's run directories (``{pack}/chunk*/{variant}``), in chunk order."""
-    dirs = [d for d in runs_dir.glob(f"*/chunk*/{variant}") if d.is_dir()]
-    return sorted(dirs, key=lambda d: int(re.sub(r"\D", "", d.parent.name) or 0))
-
-
-def load_boundaries(runs_dir: Path, variants) -> dict:
+def load_boundaries(results_dir: Path, study: str, variants) -> dict:
     """variant -> (grid_x, grid_y, mean prob, n seeds averaged, n diverged seeds); variants without data skipped.
 
     A seed whose probabilities are all non-finite (its weights went NaN: a diverged seed) is left
@@ -135,9 +130,9 @@ def load_boundaries(runs_dir: Path, variants) -> dict:
     out = {}
     for v in variants:
         probs, grid = [], None
-        for d in _run_dirs(runs_dir, v):
-            if (d / "boundary.npz").is_file():
-                b = load_npz(d / "boundary.npz")
+        for d in contract.variant_run_dirs(results_dir, study, v):
+            if (d / contract.BOUNDARY).is_file():
+                b = load_npz(d / contract.BOUNDARY)
                 grid = grid or (b["grid_x"], b["grid_y"])
                 if b["prob"].shape[1:] == (grid[1].size, grid[0].size):
                     probs.append(np.asarray(b["prob"], dtype=np.float64))
@@ -152,13 +147,13 @@ def load_boundaries(runs_dir: Path, variants) -> dict:
     return out
 
 
-def load_metas(runs_dir: Path, variants) -> list[dict]:
+def load_metas(results_dir: Path, study: str, variants) -> list[dict]:
     """Every job's meta.json of a study (unreadable ones skipped)."""
     metas = []
     for v in variants:
-        for d in _run_dirs(runs_dir, v):
+        for d in contract.variant_run_dirs(results_dir, study, v):
             try:
-                metas.append(json.loads((d / "meta.json").read_text()))
+                metas.append(json.loads((d / contract.META).read_text()))
             except (OSError, json.JSONDecodeError):
                 continue
     return metas
@@ -182,49 +177,42 @@ def layer_text(layer: dict) -> str:
 
 
 def _n_text(r) -> str:
-    """The summary's n, with '(+k diverged)' when summary.csv counts k > 0 diverged seeds (column optional)."""
+    """The summary's n, with '(+k diverged)' when k > 0 of the variant's seeds diverged."""
     n = str(int(r["n"]))
-    diverged = r.get("diverged")
-    if not _missing(diverged) and int(diverged) > 0:
-        n += f" (+{int(diverged)} diverged)"
-    return n
+    return n + (f" (+{int(r['diverged'])} diverged)" if int(r["diverged"]) > 0 else "")
 
 
 def diverged_count(summary: pd.DataFrame) -> int:
-    """Diverged seeds over all variants of a summary (0 without a ``diverged`` column)."""
-    if "diverged" not in summary.columns:
-        return 0
-    return int(pd.to_numeric(summary["diverged"], errors="coerce").fillna(0).sum())
+    """Diverged seeds over all variants of a summary."""
+    return int(summary["diverged"].sum())
+
+
+def _metric_text(values: list, metric: str, stat: str, n: int) -> str:
+    """One summary cell: a statistic's values in the metric's format (durations for seconds)."""
+    m = METRICS[metric]
+    one = fmt_time if m.unit == "s" else (lambda x: fmt(x, m.digits))
+    if stat == "mean_std":
+        return one(values[0]) if _missing(values[1]) else f"{one(values[0])} ± {one(values[1])}"
+    if stat in ("ci", "range"):
+        return f"{one(values[0])}{DASH}{one(values[1])}"
+    if stat == "never":
+        return f"{int(values[0])} / {n}"
+    return one(values[0])
 
 
 def summary_table(summary: pd.DataFrame) -> dict:
-    """Headers and formatted rows of the per-variant summary table.
+    """Headers and formatted rows of the per-variant summary table: the columns that
+    :data:`reglab.contract.SUMMARY` lists, then the job-level epoch times.
 
-    "n" is the seeds the statistics are over; when summary.csv has a ``diverged`` column (seeds whose
-    loss stopped being finite, excluded from every statistic) a count > 0 is shown as "9 (+1 diverged)".
+    "n" is the seeds the statistics are over; diverged seeds (excluded from every statistic) are
+    shown as "9 (+1 diverged)".
     """
-    headers = ["Variant", "n", "Final train acc", "Final test acc", "Test acc 95% CI", "Test min\u2013max",
-               "Train min\u2013max", "Gap (train\u2212test)", "Epochs to 80%", "Never 80%", "Peak test acc",
-               "Peak epoch", "Fit time / seed", "Epoch time (job)", "Epoch time / replica", "Time to 80%"]
+    headers = ["Variant", "n", *(c.header for c in SUMMARY), *RUNTIME_SUMMARY]
     rows = []
     for _, r in summary.iterrows():
-        rows.append([
-            r["variant"], _n_text(r),
-            fmt_pm(r["final_train_acc_mean"], r["final_train_acc_std"]),
-            fmt_pm(r["final_test_acc_mean"], r["final_test_acc_std"]),
-            fmt_range(r["final_test_acc_ci_low"], r["final_test_acc_ci_high"]),
-            fmt_range(r["final_test_acc_min"], r["final_test_acc_max"]),
-            fmt_range(r["final_train_acc_min"], r["final_train_acc_max"]),
-            fmt_pm(r["gap_mean"], r["gap_std"]),
-            fmt_pm(r["epochs_to_80_mean"], r["epochs_to_80_std"], 1),
-            f"{int(r['never_80'])} / {int(r['n'])}",
-            fmt_pm(r["peak_test_acc_mean"], r["peak_test_acc_std"]),
-            fmt(r["peak_epoch_mean"], 0),
-            fmt_time(r["fit_time_per_seed_s"]),
-            f"{fmt_time(r['epoch_time_job_mean_s'])} ± {fmt_time(r['epoch_time_job_std_s'])}",
-            f"{fmt_time(r['epoch_time_replica_mean_s'])} ± {fmt_time(r['epoch_time_replica_std_s'])}",
-            fmt_time(r["time_to_80_mean_s"]),
-        ])
+        cells = [_metric_text([r[c] for c in col.columns], col.metric, col.stat, int(r["n"])) for col in SUMMARY]
+        times = [f"{fmt_time(r[mean])} ± {fmt_time(r[std])}" for mean, std in RUNTIME_SUMMARY.values()]
+        rows.append([r["variant"], _n_text(r), *cells, *times])
     return {"headers": headers, "rows": rows}
 
 
@@ -281,7 +269,7 @@ def third_party_published(published: dict | None, study: str) -> dict[str, dict]
 
 def _group_text(res: dict, suffix: str, name: str) -> str:
     """'variant: median …, mean ± std, n, never' for one side of a claim."""
-    d = METRIC_DIGITS.get(res["metric"], 3)
+    d = METRICS[res["metric"]].digits
     text = (f"{name}: median {fmt(res[f'median_{suffix}'], d, inf='never')}, "
             f"mean {fmt_pm(res[f'mean_{suffix}'], res[f'std_{suffix}'], d)}, n = {res[f'n_{suffix}']}")
     return text + (f", never {res[f'never_{suffix}']}" if res["metric"] == "epochs_to_80" else "")
@@ -350,11 +338,8 @@ def jobs_table(metas: list[dict]) -> dict:
 
 
 def _variant_layers_training(study: dict, name: str) -> tuple[list, dict]:
-    """A variant's layers and its training overrides (validated list form or raw {layers, training})."""
-    variant = study["variants"].get(name, [])
-    if isinstance(variant, dict):
-        return variant.get("layers", []), variant.get("training") or {}
-    return variant, (study.get("variant_training") or {}).get(name) or {}
+    """A variant's layers and its training overrides."""
+    return study["variants"][name], study["variant_training"].get(name, {})
 
 
 def training_text(overrides: dict) -> str:
@@ -374,11 +359,8 @@ def _fmt_value(value) -> str:
 
 
 def grid_variant_names(grid: dict) -> list[str]:
-    """The grid's variant names in the order of its values (``variants`` after validation)."""
-    if grid.get("variants"):
-        return list(grid["variants"])
-    template = grid.get("name", "{id}_{value}").replace("{id}", str(grid["id"]))
-    return [template.replace("{value}", str(v)) for v in grid["values"]]
+    """The grid's variant names in the order of its values."""
+    return list(grid["variants"])
 
 
 def grid_points(per_seed: pd.DataFrame, grid: dict, metrics=plots.GRID_METRICS, level: float = 0.95) -> pd.DataFrame:
@@ -516,7 +498,7 @@ def grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame
 def variants_view(study: dict, order: list) -> list[dict]:
     """The study's variants: name, layers as text, training overrides as text, and the grids it is a point of."""
     in_grids = {}
-    for grid in study.get("grids") or []:
+    for grid in study["grids"]:
         for v, value in zip(grid_variant_names(grid), grid["values"]):
             in_grids.setdefault(v, []).append(f"{grid['id']}: {grid['param']} = {_fmt_value(value)}")
     out = []
@@ -529,7 +511,7 @@ def variants_view(study: dict, order: list) -> list[dict]:
 
 def grid_only_variants(study: dict) -> set[str]:
     """The variants of a study that exist only as grid points (see :func:`figure_variants` for the rule)."""
-    grids = study.get("grids") or []
+    grids = study["grids"]
     kept = {g.get(k) for g in grids for k in ("base", "baseline")}
     return {v for g in grids for v in grid_variant_names(g) if v not in kept}
 
@@ -547,7 +529,7 @@ def figure_variants(study: dict) -> list[str]:
     """
     grid_only = grid_only_variants(study)
     out = [v for v in study["variants"] if v not in grid_only]
-    out += [g["baseline"] for g in study.get("grids") or [] if g.get("baseline") and g["baseline"] not in out]
+    out += [g["baseline"] for g in study["grids"] if g.get("baseline") and g["baseline"] not in out]
     return out
 
 
@@ -649,22 +631,21 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
     shown += [v for v in order if v not in shown and v not in grid_only]  # results of variants not in the config
     points = [v for v in order if v not in shown]
     colors = plots.variant_colors(shown + points)  # the drawn variants get the distinct colours first
-    data = load_npz(results_dir / "datasets" / f"{study['dataset']}.npz")
-    runs = results_dir / "runs" / name
-    boundaries = load_boundaries(runs, shown)
+    data = load_npz(Path(contract.dataset_path(results_dir, study["dataset"])))
+    boundaries = load_boundaries(results_dir, name, shown)
     pub = compare_published(published, agg["summary"], agg["per_seed"]) if published else None
     third = third_party_published(published, name)
     tp = compare_published({"studies": {name: third}}, agg["summary"], agg["per_seed"]) if third else None
-    training = study.get("training", {})
+    training = study["training"]
     summary = agg["summary"]
     return {
-        "name": name, "id": slug(f"{i}-{name}", "study"), "title": study.get("title") or name,
-        "dataset": study["dataset"], "seeds": study.get("seeds"), "training": training,
-        "optimizer": ", ".join(f"{k}={v}" for k, v in (training.get("optimizer") or {}).items()),
+        "name": name, "id": slug(f"{i}-{name}", "study"), "title": study["title"],
+        "dataset": study["dataset"], "seeds": study["seeds"], "training": training,
+        "optimizer": ", ".join(f"{k}={v}" for k, v in training["optimizer"].items()),
         "variants": variants_view(study, order),
         "figures": study_figures(name, study, agg, data, boundaries, shown, colors, len(points)),
         "figure_note": boundary_note(data, boundaries),
-        "grids": [grid_view(i, name, study, g, agg["per_seed"], colors) for g in study.get("grids") or []],
+        "grids": [grid_view(i, name, study, g, agg["per_seed"], colors) for g in study["grids"]],
         "summary": summary_table(summary[summary["variant"].isin(shown)]),
         "summary_grid": summary_table(summary[summary["variant"].isin(points)]) if points else None,
         "diverged": diverged_count(summary),
@@ -672,28 +653,22 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
                       if (pub is not None and len(pub)) or (tp is not None and len(tp)) else None),
         "third_party_note": third_party_note(third, tp),
         "claims": [c for c in claims if c["study"] == name],
-        "metas": load_metas(runs, order),
+        "metas": load_metas(results_dir, name, order),
     }
 
 
 def render_report(config: dict, results_dir: Path, out_html: Path, provenance: dict | None = None) -> None:
     """Render the whole report to ``out_html`` (atomically)."""
     results_dir, out_html = Path(results_dir), Path(out_html)
-    published_path = config.get("published")
+    published_path = config["published"]
     published = load_published(published_path)
-    aggs = {name: load_aggregates(results_dir / "aggregate" / name) for name in config["studies"]}
-    claims = []
-    for claim in config.get("claims") or []:
-        ps = aggs[claim["study"]]["per_seed"] if claim.get("study") in aggs else None
-        res = check_claim(claim, ps if ps is not None else pd.DataFrame(columns=["variant", claim["metric"]]))
-        if ps is None:
-            res["note"] = f"study {claim.get('study')!r} is not in this report"
-        claims.append(claim_view(res))
+    aggs = {name: load_aggregates(results_dir, name) for name in config["studies"]}
+    claims = [claim_view(check_claim(claim, aggs[claim["study"]]["per_seed"])) for claim in config["claims"]]
     studies = [study_view(i, name, s, aggs[name], results_dir, published, claims)
                for i, (name, s) in enumerate(config["studies"].items())]
     env = Environment(loader=PackageLoader("reglab"), autoescape=select_autoescape(default=True))
     html = env.get_template("report.html.j2").render(
-        title=config.get("title") or "reglab: batch normalization, dropout and noise over many seeds",
+        title="reglab: batch normalization, dropout and noise over many seeds",
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         studies=studies, claims=claims,
         verdict_counts={v: sum(c["verdict"] == v for c in claims) for v in ("supported", "contradicted", "inconclusive")},
@@ -702,18 +677,4 @@ def render_report(config: dict, results_dir: Path, out_html: Path, provenance: d
         provenance=[(str(k), _value_view(v)) for k, v in (provenance or {}).items()],
         jobs=jobs_table([m for s in studies for m in s["metas"]]),
     )
-    _write_text_atomic(html, out_html)
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    """Write text via a temporary file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    contract.write_text(html, out_html)

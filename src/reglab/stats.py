@@ -22,18 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-METRICS = (
-    "final_test_acc",
-    "final_train_acc",
-    "generalisation_gap",
-    "epochs_to_80",
-    "peak_test_acc",
-    "peak_epoch",
-    "overfit_drop",
-    "test_acc_volatility",
-)
-#: metrics whose missing value means "never": the value it counts as in rank tests
-NEVER_VALUE = {"epochs_to_80": math.inf}
+from .contract import CLAIM_METRICS, METRICS
+
 MIN_N = 3
 _OPPOSITE = {"greater": "less", "less": "greater"}
 
@@ -56,6 +46,25 @@ def _finite(x) -> np.ndarray:
     """The finite entries of ``x`` as a float array."""
     x = np.asarray(x, dtype=float).ravel()
     return x[np.isfinite(x)]
+
+
+def std(values) -> float:
+    """Sample standard deviation (ddof 1) of the finite values; NaN when fewer than 2."""
+    x = _finite(values)
+    return float(x.std(ddof=1)) if x.size > 1 else math.nan
+
+
+def value_range(values) -> tuple[float, float]:
+    """(min, max) of the finite values; NaNs when there are none."""
+    x = _finite(values)
+    return (float(x.min()), float(x.max())) if x.size else (math.nan, math.nan)
+
+
+def iqm(values) -> float:
+    """Interquartile mean of the finite values: the mean of the middle 50%, 25% cut from each end
+    (``scipy.stats.trim_mean(x, 0.25)``, as rliable computes it); NaN when there are none."""
+    x = _finite(values)
+    return float(st.trim_mean(x, 0.25)) if x.size else math.nan
 
 
 def _degenerate_p(diff: float, alternative: str) -> tuple[float, float]:
@@ -199,8 +208,9 @@ def metric_values(per_seed: pd.DataFrame, study: str | None, variant: str, metri
     if study is not None and "study" in rows.columns:
         rows = rows[rows["study"].astype(str) == str(study)]
     vals = pd.to_numeric(rows.loc[rows["variant"].astype(str) == str(variant), metric], errors="coerce")
-    if metric in NEVER_VALUE:
-        vals = vals.fillna(NEVER_VALUE[metric])
+    never = METRICS[metric].never
+    if never is not None:
+        vals = vals.fillna(never)
     return vals.dropna().to_numpy(dtype=float)
 
 
@@ -263,8 +273,8 @@ def _one_sample(a: np.ndarray, alt: str, threshold: float) -> dict:
 def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
     """Test one config claim against per-seed results; returns the verdict and its numbers."""
     metric, alt = claim["metric"], claim["direction"]
-    if metric not in METRICS:
-        raise ValueError(f"claim {claim.get('id')!r}: unknown metric {metric!r}; expected one of {METRICS}")
+    if metric not in CLAIM_METRICS:
+        raise ValueError(f"claim {claim.get('id')!r}: unknown metric {metric!r}; expected one of {CLAIM_METRICS}")
     if alt not in _OPPOSITE:
         raise ValueError(f"claim {claim.get('id')!r}: direction must be 'greater' or 'less', not {alt!r}")
     threshold = float(claim.get("threshold", 0) or 0)

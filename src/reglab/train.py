@@ -14,7 +14,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from reglab.module import HISTORY_METRICS, ReplicaClassifier
+from reglab.contract import HISTORY_METRICS
+from reglab.module import ReplicaClassifier
 
 BOUNDARY_GRID = 80  # points per axis of the decision-boundary grid
 BOUNDARY_MARGIN = 0.25

@@ -1,19 +1,18 @@
 rule aggregate:
     input:
         study_pack_dirs,
+        runs=study_runs_file,
     output:
-        summary="results/aggregate/{study}/summary.csv",
-        per_seed="results/aggregate/{study}/per_seed.csv",
-        curves="results/aggregate/{study}/curves.csv",
-        finals="results/aggregate/{study}/finals.csv",
-        runtime="results/aggregate/{study}/runtime.csv",
+        **{
+            name: contract.aggregate_path(RESULTS, "{study}", name)
+            for name in contract.AGGREGATES
+        },
     log:
         "logs/aggregate/{study}.log",
     localrule: True
     conda:
         "../envs/reglab.yaml"
     params:
-        runs=study_runs_arg,
-        outdir="results/aggregate/{study}",
+        outdir=aggregate_outdir,
     shell:
-        "python -m reglab aggregate --runs {params.runs} --outdir {params.outdir:q} > {log:q} 2>&1"
+        "python -m reglab aggregate --runs-file {input.runs:q} --outdir {params.outdir:q} > {log:q} 2>&1"

@@ -1,6 +1,6 @@
 rule dataset:
     output:
-        "results/datasets/{dataset}.npz",
+        contract.dataset_path(RESULTS, "{dataset}"),
     log:
         "logs/dataset/{dataset}.log",
     localrule: True

@@ -1,6 +1,7 @@
 rule report:
     input:
         report_inputs,
+        config=contract.config_path(RESULTS),
         published=config["published"],
     output:
         report(
@@ -14,9 +15,8 @@ rule report:
     conda:
         "../envs/reglab.yaml"
     params:
-        config=report_config_json,
-        config_hash=spec_hash(config),
+        results=results_root,
         run_info=RUN_INFO,
     shell:
-        "python -m reglab report --config {params.config:q} --config-hash {params.config_hash:q}"
-        " --results results --run-info {params.run_info:q} --out {output:q} > {log:q} 2>&1"
+        "python -m reglab report --config {input.config:q} --results {params.results:q}"
+        " --run-info {params.run_info:q} --out {output:q} > {log:q} 2>&1"

@@ -1,8 +1,9 @@
 rule train:
     input:
         dataset=train_dataset,
+        specs=pack_specs_file,
     output:
-        directory("results/runs/{study}/{pack}/chunk{chunk}"),
+        directory(pack_dir("{study}", "{pack}", "{chunk}")),
     log:
         "logs/train/{study}/{pack}/chunk{chunk}.log",
     benchmark:
@@ -15,10 +16,9 @@ rule train:
         runtime=train_runtime,
         gpu=train_gpus,
     params:
-        spec=train_spec_json,
         seeds=train_seeds,
         accelerator=config["accelerator"],
     shell:
-        "python -m reglab train --spec {params.spec:q} --dataset {input.dataset:q}"
+        "python -m reglab train --spec-file {input.specs:q} --dataset {input.dataset:q}"
         " --seeds {params.seeds} --chunk {wildcards.chunk} --threads {threads}"
         " --accelerator {params.accelerator:q} --outdir {output:q} > {log:q} 2>&1"

@@ -1,0 +1,42 @@
+# What the steps read from the config, written once the config is validated. Each file is
+# rewritten only when what it holds changes (its hash is a param), so a training job reruns only
+# when its own specs change, and nothing long travels on a command line.
+
+
+rule validated_config:
+    output:
+        contract.config_path(RESULTS),
+    log:
+        "logs/specs/config.log",
+    localrule: True
+    params:
+        config_hash=spec_hash(config),
+    run:
+        contract.write_validated_config(config, params.config_hash, output[0])
+        contract.write_text(f"validated config {params.config_hash}\n", log[0])
+
+
+rule pack_specs:
+    output:
+        contract.pack_specs_path(RESULTS, "{study}", "{pack}"),
+    log:
+        "logs/specs/{study}/{pack}.log",
+    localrule: True
+    params:
+        spec_hash=pack_spec_hash,
+    run:
+        contract.write_json(train_specs(wildcards), output[0])
+        contract.write_text(f"specs {params.spec_hash}\n", log[0])
+
+
+rule study_runs:
+    output:
+        contract.study_runs_path(RESULTS, "{study}"),
+    log:
+        "logs/specs/{study}.runs.log",
+    localrule: True
+    params:
+        runs=study_run_dirs,
+    run:
+        contract.write_json(params.runs, output[0])
+        contract.write_text(f"{len(params.runs)} run directories\n", log[0])
