@@ -6,7 +6,8 @@
 * ``synthetic_aggregated``: the same, with ``results/aggregate/{study}/*.csv`` written.
 * ``make_synthetic_results``: factory ``(root, **overrides) -> SyntheticResults`` for variations
   (e.g. hostile study titles, ``grid=True`` for a third study with grids, ``images=True`` /
-  ``sequences=True`` for a study on image / sequence data, without decision boundaries).
+  ``sequences=True`` for a study on image / sequence data, without decision boundaries; ``grid2d=True``
+  with ``grid=True`` for grids over several axes in it).
 * ``synthetic_grid_aggregated``: the tree with the grid study, aggregated.
 
 ``diverged={(study, variant, seed): epoch}`` makes a seed diverge at that 1-based epoch, as the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
 import sys
 import zlib
@@ -72,6 +74,24 @@ GRIDS = {
                      "name": "noise_{value}", "baseline": "baseline"},
                     {0.0: (0.80, 0.81), 0.005: (0.81, 0.82), 0.01: (0.82, 0.83), 0.05: (0.83, 0.84),
                      0.1: (0.845, 0.85), 0.5: (0.87, 0.86), 1.0: (0.70, 0.70)}),
+}
+#: the optional grids over several axes (``grid2d=True``, added to ``bn_ext``): grid -> (config entry,
+#: point values -> (test plateau, train plateau)). ``noise_units`` (2 axes, one of them shape-changing) is
+#: designed so that noise 0.05 with 8 units is best; ``bn3`` (3 axes, two of them tied over layers 0 and 2)
+#: is shown as a table only
+GRIDS_AXES = {
+    "noise_units": ({"id": "noise_units", "title": "Input noise x hidden units", "base": "noise_0.01",
+                     "axes": [{"name": "noise", "layer": 0, "param": "stddev", "values": [0.0, 0.05, 0.1]},
+                              {"name": "units", "layer": 1, "param": "units", "values": [4, 8]}],
+                     "baseline": "baseline"},
+                    lambda p: (0.80 + {0.0: 0.0, 0.05: 0.08, 0.1: 0.04}[p["noise"]] - (0.03 if p["units"] == 4 else 0),
+                               0.82 + 0.01 * (p["units"] == 8))),
+    "bn3": ({"id": "bn3", "title": "Batch-norm momentum x epsilon x units", "base": "bn_input",
+             "axes": [{"name": "momentum", "layers": [0, 2], "param": "momentum", "values": [0.9, 0.99]},
+                      {"name": "epsilon", "layers": [0, 2], "param": "epsilon", "values": [0.001, 0.01]},
+                      {"name": "units", "layer": 1, "param": "units", "values": [4, 8]}],
+             "name": "bn3_m{momentum}_e{epsilon}_u{units}"},
+            lambda p: (0.80 + 0.04 * (p["momentum"] == 0.9) + 0.01 * (p["units"] == 8), 0.84)),
 }
 DATASETS = {"circles_a": (60, 60), "circles_b": (30, 70)}  # n_train, n_test
 #: the optional studies on data without a decision boundary (no boundary.npz), as the engine writes them:
@@ -212,11 +232,35 @@ def _write_job(run_dir: Path, study: str, variant: str, chunk: int, seeds: list[
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _grid_study() -> tuple[str, str, str, dict, list]:
+def _axes_grid(entry: dict, plateaus, variants: dict) -> dict:
+    """Expand a grid over several axes into ``variants`` as validation would (every combination, the first
+    axis slowest; default names ``{id}_<axis><value>_...``); the entry with ``name``, ``variants`` and ``points``."""
+    base_layers, tau = variants[entry["base"]][0], variants[entry["base"]][1]
+    names = [a["name"] for a in entry["axes"]]
+    template = entry.get("name", "{id}_" + "_".join(f"{n}{{{n}}}" for n in names))
+    points, variant_names = [], []
+    for combo in itertools.product(*(a["values"] for a in entry["axes"])):
+        point = dict(zip(names, combo))
+        variant = template.replace("{id}", entry["id"])
+        for n, value in point.items():
+            variant = variant.replace(f"{{{n}}}", str(value))
+        layers = copy.deepcopy(base_layers)
+        for axis in entry["axes"]:
+            for i in axis.get("layers", [axis.get("layer")]):
+                next(iter(layers[i].values()))[axis["param"]] = point[axis["name"]]
+        variants[variant] = (layers, tau, *plateaus(point))
+        points.append(point)
+        variant_names.append(variant)
+    return {**entry, "name": template, "variants": variant_names, "points": points}
+
+
+def _grid_study(axes: bool = False) -> tuple[str, str, str, dict, list]:
     """The ``bn_ext`` study with its grid points expanded as validation would: (name, title, dataset,
-    {variant: synthetic params}, grids with ``variants`` filled in)."""
+    {variant: synthetic params}, grids with ``variants`` filled in); ``axes``: with :data:`GRIDS_AXES` too."""
     name, title, dataset, variants = GRID_STUDY
     variants, grids = dict(variants), []
+    for entry, plateaus in (GRIDS_AXES.values() if axes else ()):
+        grids.append(_axes_grid(entry, plateaus, variants))
     for entry, plateaus in GRIDS.values():
         base_layers, tau = variants[entry["base"]][0], variants[entry["base"]][1]
         names = []
@@ -227,19 +271,21 @@ def _grid_study() -> tuple[str, str, str, dict, list]:
             variants[variant] = (layers, tau, *plateaus[value])
             names.append(variant)
         grids.append({**entry, "variants": names})
+    grids = grids[len(GRIDS_AXES):] + grids[:len(GRIDS_AXES)] if axes else grids  # the one-axis grids first
     return name, title, dataset, variants, grids
 
 
 def write_synthetic_results(root: Path, titles: dict | None = None, claims: list | None = None,
                             published: bool = True, grid: bool = False,
                             diverged: dict | None = None, images: bool = False,
-                            sequences: bool = False) -> SyntheticResults:
+                            sequences: bool = False, grid2d: bool = False) -> SyntheticResults:
     """Write the synthetic tree under ``root/results`` and return it with its config.
 
     ``titles`` overrides study titles; ``claims`` replaces the default claims; ``published=False``
     points config["published"] at a file that does not exist; ``grid=True`` adds a third study,
     ``bn_ext`` (see :data:`GRID_STUDY`, :data:`GRIDS`), with two grids, per-variant training
-    overrides and third-party published numbers. ``images=True`` / ``sequences=True`` add a study
+    overrides and third-party published numbers; ``grid2d=True`` (with ``grid=True``) adds to it the grids
+    over several axes of :data:`GRIDS_AXES`, after the others. ``images=True`` / ``sequences=True`` add a study
     ``img`` on 4-class images (:data:`IMAGE_STUDY`) / ``seq`` on binary sequences
     (:data:`SEQUENCE_STUDY`), after the others, whose runs write no boundary.npz. ``diverged`` maps ``(study, variant, seed)`` to the
     1-based epoch at which that seed diverges (see the module docstring).
@@ -262,7 +308,7 @@ def write_synthetic_results(root: Path, titles: dict | None = None, claims: list
     seeds = list(range(N_SEEDS))
     studies = {k: (*v, []) for k, v in STUDIES.items()}
     if grid:
-        name, *rest = _grid_study()
+        name, *rest = _grid_study(axes=grid2d)
         studies[name] = tuple(rest)
     for name, *rest in extra:
         studies[name] = (*rest, [])

@@ -218,3 +218,28 @@ def test_baselines_use_the_studys_training_settings(case, monkeypatch):
     assert len(opts) == 1 and type(opts[0]).__name__.lower() == want["name"]
     assert opts[0].defaults["lr"] == want["lr"]
     assert len(steps) == 2 * -(-len(data["x_train"]) // spec["training"]["batch_size"])
+
+
+def test_the_sweep_case_times_one_model_against_point_by_point_and_a_per_seed_loop(monkeypatch, capsys):
+    clock, calls = FakeClock(), []
+
+    def spend(kind, seconds):
+        def run(*args, **kwargs):
+            calls.append(kind)
+            clock.spend(seconds.pop(0))
+        return run
+
+    # warm-up first, then 3 repeats: the best is 2 s for one model, 9 s point by point, 30 s looped
+    monkeypatch.setattr(bench, "train_points", spend("replicas", [0.1, 3.0, 2.0, 2.5]))
+    monkeypatch.setattr(bench, "train", spend("point", [0.1] * 10 + [1.0] * 30))
+    monkeypatch.setattr(bench, "run_torch_loop", spend("loop", [0.01] * 20 + [0.5] * 60))
+    report = bench.main(["--config", CONFIG, "--epochs", "2", "--seeds", "2", "--cases", "sweep"], clock=clock)
+    points = report["sweep"]["points_n"]
+    assert points == 10 and calls.count("replicas") == 4 and calls.count("point") == 4 * points
+    assert calls.count("loop") == 4 * points * 2  # every point's every seed, one after another
+    replica_epochs = points * 2 * 2
+    assert report["sweep"]["replicas"] == pytest.approx(2.0 / replica_epochs)
+    assert report["sweep"]["points"] == pytest.approx(10.0 / replica_epochs)
+    assert report["sweep"]["torch_loop"] == pytest.approx(10.0 / replica_epochs)
+    assert report["sweep"]["ratio_points"] == pytest.approx(5.0)
+    assert "point by point" in capsys.readouterr().out

@@ -28,11 +28,13 @@ EXPECTED_VARIANTS = {
     "noise": ["overfit", "input_0.01", "hidden_pre_0.1", "hidden_post_0.1"],
     "batchnorm_ext": ["baseline", "bn_after", "bn_no_affine", "bn_no_momentum", "bn_input"],
     "dropout_ext": ["overfit", "dropout_0.4", "input_dropout_0.2", "dropout_0.4_maxnorm_3"]
-    + [f"dropout_{r / 10}" for r in range(10) if r != 4],
+    + [f"dropout_{r / 10}" for r in range(10) if r != 4]
+    + [f"dropout_{r}_maxnorm_{m}" for r in (0.2, 0.4, 0.6) for m in (1, 2, 3, 4) if (r, m) != (0.4, 3)],
     "noise_ext": ["overfit", "input_0.01", "hidden_pre_0.1", "input_and_hidden", "weight_noise_0.05",
                   "gradient_noise_0.01", "label_flip_0.1"]
     + [f"input_{v}" for v in (0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)]
-    + [f"hidden_pre_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.2, 0.5, 1.0)],
+    + [f"hidden_pre_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.2, 0.5, 1.0)]
+    + [f"noise2d_input{a}_hidden{b}" for a in (0.0, 0.01, 0.05, 0.1) for b in (0.0, 0.01, 0.05, 0.1)],
     "cnn": ["baseline", "bn", "dropout_0.5", "spatial_dropout_0.5", "input_noise_0.1"],
     "rnn": ["baseline", "dropout_after_0.5", "input_dropout_0.5", "variational_0.5", "bn_after"],
 }
@@ -40,13 +42,31 @@ N_VARIANTS = sum(map(len, EXPECTED_VARIANTS.values()))
 #: training jobs group a grid's points into one pack named by the grid's id; other variants are packs of their own
 EXPECTED_PACKS = {
     **{s: [[v] for v in EXPECTED_VARIANTS[s]] for s in ("batchnorm", "dropout", "noise", "batchnorm_ext", "cnn", "rnn")},
-    "dropout_ext": [[f"dropout_{r / 10}" for r in range(10)], ["overfit"], ["input_dropout_0.2"],
-                    ["dropout_0.4_maxnorm_3"]],
+    "dropout_ext": [[f"dropout_{r / 10}" for r in range(10)],
+                    [f"dropout_{r}_maxnorm_{m}" for r in (0.2, 0.4, 0.6) for m in (1, 2, 3, 4)],
+                    ["overfit"], ["input_dropout_0.2"]],
     "noise_ext": [[f"input_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)],
                   [f"hidden_pre_{v}" for v in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)],
+                  [f"noise2d_input{a}_hidden{b}" for a in (0.0, 0.01, 0.05, 0.1) for b in (0.0, 0.01, 0.05, 0.1)],
                   ["overfit"], ["input_and_hidden"], ["weight_noise_0.05"], ["gradient_noise_0.01"], ["label_flip_0.1"]],
 }
 N_PACKS = sum(map(len, EXPECTED_PACKS.values()))
+#: variants identical to an earlier listing (same spec but for the names, same seeds) -> the listing that trains them
+SHARED = {
+    ("noise", "overfit"): ("dropout", "overfit"),
+    ("batchnorm_ext", "baseline"): ("batchnorm", "baseline"),
+    ("batchnorm_ext", "bn_after"): ("batchnorm", "bn_after"),
+    ("dropout_ext", "overfit"): ("dropout", "overfit"),
+    ("dropout_ext", "dropout_0.4"): ("dropout", "dropout_0.4"),  # also the grid's point 0.4
+    ("noise_ext", "overfit"): ("dropout", "overfit"),
+    ("noise_ext", "input_0.01"): ("noise", "input_0.01"),  # also the input grid's point 0.01
+    ("noise_ext", "hidden_pre_0.1"): ("noise", "hidden_pre_0.1"),  # also the hidden grid's point 0.1
+    ("noise_ext", "input_and_hidden"): ("noise_ext", "noise2d_input0.01_hidden0.1"),  # that 2-D grid point
+}
+#: the training jobs: the packs less the shared variants (a pack left empty is no job)
+EXPECTED_JOBS = {s: [kept for pack in packs if (kept := [v for v in pack if (s, v) not in SHARED])]
+                 for s, packs in EXPECTED_PACKS.items()}
+N_JOBS = sum(map(len, EXPECTED_JOBS.values()))
 
 
 @pytest.fixture
@@ -67,12 +87,13 @@ def test_schema_is_a_valid_draft_2020_12_schema():
 
 def test_shipped_config_yields_expected_jobs(config):
     jobs = training_jobs(config)
-    assert {s: [j["variants"] for j in jobs if j["study"] == s] for s in EXPECTED_PACKS} == EXPECTED_PACKS
-    assert [j["pack"] for j in jobs if j["study"] == "noise_ext"][:3] == ["input_noise", "hidden_noise", "overfit"]
+    assert {s: [j["variants"] for j in jobs if j["study"] == s] for s in EXPECTED_PACKS} == EXPECTED_JOBS
+    assert [j["pack"] for j in jobs if j["study"] == "noise_ext"][:3] == ["input_noise", "hidden_noise", "noise2d"]
     trained = {s: sorted(v for j in jobs if j["study"] == s for v in j["variants"]) for s in EXPECTED_VARIANTS}
-    assert trained == {s: sorted(vs) for s, vs in EXPECTED_VARIANTS.items()}  # every variant once
+    assert trained == {s: sorted(v for v in vs if (s, v) not in SHARED)  # every variant once, or shared
+                       for s, vs in EXPECTED_VARIANTS.items()}
     assert {s: list(config["studies"][s]["variants"]) for s in EXPECTED_VARIANTS} == EXPECTED_VARIANTS
-    assert len(jobs) == N_PACKS == 35 and N_VARIANTS == 60
+    assert len(jobs) == N_JOBS == 30 and N_PACKS == 36 and N_VARIANTS == 87 and len(SHARED) == 9
     assert all(j["chunk"] == 0 and j["seeds"] == list(range(10)) for j in jobs)
     assert all(seeds_for(config, s) == list(range(10)) for s in EXPECTED_VARIANTS)
 
@@ -127,7 +148,7 @@ def test_seeds_per_job_chunks(raw, seeds_per_job, expected):
     assert [j["chunk"] for j in jobs] == list(range(len(expected)))
     assert [j["seeds"] for j in jobs] == expected
     assert [chunk_seeds(config, "dropout", k) for k in range(len(expected))] == expected
-    assert len(training_jobs(config)) == N_PACKS * len(expected)
+    assert len(training_jobs(config)) == N_JOBS * len(expected)
     with pytest.raises(ValueError):
         chunk_seeds(config, "dropout", len(expected))
 
@@ -179,7 +200,7 @@ def _layer_options(layer: dict) -> dict:
 
 def test_grids_expand_into_named_variants_in_order(config, raw):
     dropout = config["studies"]["dropout_ext"]
-    (grid,) = dropout["grids"]
+    grid = dropout["grids"][0]
     assert grid["variants"] == [f"dropout_{r / 10}" for r in range(10)]
     assert grid["variants"][4] == "dropout_0.4" and grid["baseline"] == "overfit"
     # dropout_0.4 is both an explicit variant and a grid point: one variant, where it was written
@@ -187,7 +208,7 @@ def test_grids_expand_into_named_variants_in_order(config, raw):
     assert dropout["variants"]["dropout_0.4"] == config["studies"]["dropout"]["variants"]["dropout_0.4"]
     assert dropout["variants"]["dropout_0.0"][1] == {"dropout": {"rate": 0.0}}
     noise = config["studies"]["noise_ext"]
-    assert [g["id"] for g in noise["grids"]] == ["input_noise", "hidden_noise"]
+    assert [g["id"] for g in noise["grids"]] == ["input_noise", "hidden_noise", "noise2d"]
     stddevs = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
     assert noise["grids"][0]["variants"] == [f"input_{v}" for v in stddevs]
     assert noise["grids"][1]["variants"] == [f"hidden_pre_{v}" for v in stddevs]
@@ -219,8 +240,8 @@ def test_training_param_grid_sets_the_variant_training(raw):
     ]
     config = validate_config(raw)
     noise = config["studies"]["noise_ext"]
-    assert noise["grids"][2]["variants"] == ["flip_0.05", "flip_0.2"]  # default name: {id}_{value}
-    assert noise["grids"][3]["variants"] == ["gn_0.001_flip", "gn_0.1_flip"]
+    assert noise["grids"][3]["variants"] == ["flip_0.05", "flip_0.2"]  # default name: {id}_{value}
+    assert noise["grids"][4]["variants"] == ["gn_0.001_flip", "gn_0.1_flip"]
     overfit = variant_spec(config, "noise_ext", "overfit")
     for name, value in (("flip_0.05", 0.05), ("flip_0.2", 0.2)):
         spec = variant_spec(config, "noise_ext", name)
@@ -382,7 +403,7 @@ BAD_CONFIGS = {
         "kernel_initializer, use_bias, max_norm, unit_norm, weight_noise)"),
     "grid param training lacks": (
         _grid("noise_ext", {"id": "mom", "base": "overfit", "param": "momentum", "values": [0.5]}),
-        "studies.noise_ext.grids[2].param:", "training has no parameter 'momentum' (has: optimizer, epochs,"),
+        "studies.noise_ext.grids[3].param:", "training has no parameter 'momentum' (has: optimizer, epochs,"),
     "grid layer out of range": (_set(DROPOUT_GRID + ["layer"], 3), "studies.dropout_ext.grids[0].layer:",
                                 "base variant 'dropout_0.4' has 3 layers; there is no layer 3"),
     "grid layer negative": (_set(DROPOUT_GRID + ["layer"], -1), "studies.dropout_ext.grids[0].layer:",
@@ -407,12 +428,12 @@ BAD_CONFIGS = {
                                          "studies.noise_ext.training.label_flip:", "2 is greater than the maximum of 1"),
     "label flip grid value > 1": (
         _grid("noise_ext", {"id": "flip", "base": "overfit", "param": "label_flip", "values": [0.1, 1.2]}),
-        "studies.noise_ext.grids[2].values[1]:",
+        "studies.noise_ext.grids[3].values[1]:",
         "grid value 1.2 gives an invalid variant 'flip_1.2': 1.2 is greater than the maximum of 1 "
         "(at training.label_flip)"),
     "label flip grid value < 0": (
         _grid("noise_ext", {"id": "flip", "base": "overfit", "param": "label_flip", "values": [-0.5]}),
-        "studies.noise_ext.grids[2].values[0]:", "-0.5 is less than the minimum of 0"),
+        "studies.noise_ext.grids[3].values[0]:", "-0.5 is less than the minimum of 0"),
     "max_norm 0": (_set(MAXNORM + [0, "dense", "max_norm"], 0),
                    "studies.dropout_ext.variants.dropout_0.4_maxnorm_3[0].dense.max_norm:",
                    "0 is less than or equal to the minimum of 0"),
@@ -422,7 +443,7 @@ BAD_CONFIGS = {
     "max_norm 0 as a grid value": (
         _grid("dropout_ext", {"id": "mn", "base": "dropout_0.4_maxnorm_3", "layer": 0, "param": "max_norm",
                               "values": [1.0, 0.0]}),
-        "studies.dropout_ext.grids[1].values[1]:", "0.0 is less than or equal to the minimum of 0"),
+        "studies.dropout_ext.grids[2].values[1]:", "0.0 is less than or equal to the minimum of 0"),
     "weight_noise < 0": (_set(["studies", "noise_ext", "variants", "weight_noise_0.05", 0, "dense", "weight_noise"], -0.05),
                          "studies.noise_ext.variants.weight_noise_0.05[0].dense.weight_noise:",
                          "-0.05 is less than the minimum of 0"),

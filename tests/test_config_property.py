@@ -50,7 +50,8 @@ REQUIRED = {
     "training_override": set(),
     "gradient_noise": set(),
     # a grid without `layer` varies a training key, and `rate` is none: required here
-    "grid": {"id", "base", "param", "values", "layer"},
+    "grid": {"id", "base", "param", "values", "layer", "axes"},  # a grid has param, values, layer or axes
+    "axis": {"name", "param", "values", "layer"},  # an axis of a grid over several options
     "claim": {"id", "text", "study", "variant", "metric", "direction"},
 }
 # (kind, key) -> (integer?, low, low inclusive?, high, high inclusive?, in-range changes keep it valid?)
@@ -76,6 +77,7 @@ BOUNDS = {
     ("gradient_noise", "eta"): (False, 0, True, None, None, True),
     ("gradient_noise", "gamma"): (False, 0, True, None, None, True),
     ("grid", "layer"): (True, 0, True, None, None, False),  # and names a layer of the base
+    ("axis", "layer"): (True, 0, True, None, None, False),
 }
 NULLABLE = {("top", "seeds_per_job"), ("dense", "max_norm")}
 UNSAFE_NAMES = ["../x", "$(rm -rf /)", "a b", "", ".hidden", "x/y", "-rf", "a;b", "`id`", "x\ny", "{value}",
@@ -117,6 +119,8 @@ def kind_of(path: tuple) -> str | None:
         return {1: "training", 2: rest[-1] if rest[-1] in ("optimizer", "gradient_noise") else None}.get(len(rest))
     if rest[0] == "grids" and len(rest) == 2:
         return "grid"
+    if rest[0] == "grids" and len(rest) == 4 and rest[2] == "axes":
+        return "axis"
     if rest[0] == "variants" and len(rest) >= 2:
         inner = rest[2:]
         if inner and inner[0] == "layers":  # {layers, training} form

@@ -136,7 +136,8 @@ def test_a_run_killed_mid_training_reruns_to_the_uninterrupted_results(tmp_path)
             assert proc.poll() is None, "snakemake ended before any training job started"
             assert time.monotonic() < deadline, "no training job started"
             time.sleep(0.05)
-        killed = {option(p.cmdline(), "--outdir"): [s["variant"] for s in json.loads(option(p.cmdline(), "--spec"))]
+        killed = {option(p.cmdline(), "--outdir"):
+                  [s["variant"] for s in json.loads((work / option(p.cmdline(), "--spec-file")).read_text())]
                   for p in jobs}
         kill_session(proc.pid)
         proc.wait(timeout=30)
@@ -303,16 +304,24 @@ def test_a_damaged_results_file_is_one_line_naming_it(real_run, tmp_path, capsys
 
 
 def test_jobs_of_one_variant_from_different_configs_are_not_mixed(real_run, tmp_path, capsys):
+    spec = json.loads((real_run / "meta.json").read_text())["spec"]
     first = copy_run(real_run, tmp_path / "chunk0")
     same = as_chunk(real_run, tmp_path / "chunk1", chunk=1, seed_offset=2)
-    other = as_chunk(real_run, tmp_path / "chunk2", chunk=2, seed_offset=4, config_hash="0123456789abcdef")
-    assert aggregate_cli([first, same], tmp_path / "ok", capsys)[0] == 0  # one config: fine
-    assert len(pd.read_csv(tmp_path / "ok" / "per_seed.csv")) == 4
+    # the same training under another study's name (a shared run): still one config
+    renamed = as_chunk(real_run, tmp_path / "chunk2", chunk=2, seed_offset=4, study="elsewhere",
+                       spec={**spec, "study": "elsewhere"}, config_hash="fedcba9876543210")
+    for name in ("history.csv", "final.csv"):
+        frame = pd.read_csv(renamed / name)
+        frame.assign(study="elsewhere").to_csv(renamed / name, index=False)
+    other_spec = {**spec, "training": {**spec["training"], "batch_size": 7}}
+    other = as_chunk(real_run, tmp_path / "chunk3", chunk=3, seed_offset=6, spec=other_spec)
+    assert aggregate_cli([first, same, renamed], tmp_path / "ok", capsys)[0] == 0  # one config: fine
+    assert len(pd.read_csv(tmp_path / "ok" / "per_seed.csv")) == 6
 
     code, err = aggregate_cli([first, same, other], tmp_path / "agg", capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert str(other / "meta.json") in err and str(first / "meta.json") in err
-    assert "0123456789abcdef" in err and "different configs" in err
+    assert "spec hash (without names)" in err and "different configs" in err
     assert not (tmp_path / "agg").exists()
 
 

@@ -332,7 +332,7 @@ def test_figure_variants_of_the_synthetic_grid_study(rendered_grid):
 def test_figure_variants_of_the_shipped_config():
     config = validate_config(load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml"))
     studies = config["studies"]
-    assert len(studies["dropout_ext"]["variants"]) == 13 and len(studies["noise_ext"]["variants"]) == 23
+    assert len(studies["dropout_ext"]["variants"]) == 24 and len(studies["noise_ext"]["variants"]) == 39
     # dropout_0.4 is written explicitly and is also the grid point 0.4 (and the grid's base): explicit
     assert figure_variants(studies["dropout_ext"]) == ["overfit", "dropout_0.4", "input_dropout_0.2",
                                                       "dropout_0.4_maxnorm_3"]

@@ -172,6 +172,7 @@ UNQUOTED_OK = {
     "threads": "an integer Snakemake computes",
     "wildcards.chunk": "constrained to digits (chunk=r'\\d+')",
     "params.seeds": "comma-separated integers from the validated config (train_seeds)",
+    "params.max_replicas": "an integer train_max_replicas computes",
 }
 
 

@@ -16,8 +16,10 @@
 Variants keep the order in which they first appear in ``run_dirs``. A missing, truncated or
 malformed results file raises one :class:`ResultsError` naming the file and the problem; so do a
 ``meta.json`` of another ``schema_version`` than :data:`reglab.contract.SCHEMA_VERSION` and jobs of
-one variant whose ``config_hash``es differ (results of different configs, which must not be mixed:
-the message names both ``meta.json`` files).
+one variant trained from different specs (results of different configs, which must not be mixed:
+the message names both ``meta.json`` files). A run may be shared: the same training (same spec but
+for the names, same seeds) serves every study and variant that lists it, each aggregating it under
+its own names (``reglab.config.study_runs``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import contract
+from .config import content_spec, spec_hash
 from .stats import std
 from .contract import FINAL, HISTORY, HISTORY_COLUMNS, HISTORY_METRICS, META, RUNTIME_SUMMARY, JobSeeds, ResultsError
 
@@ -284,35 +288,64 @@ def summary_row(ps: pd.DataFrame, epoch_times: list[tuple[np.ndarray, int]]) -> 
     return row
 
 
-def _check_same_config(seen: dict, run_dir: Path, meta: dict) -> None:
-    """Refuse to mix jobs of one variant trained from different configs (their ``config_hash``)."""
-    variant, digest = str(meta["variant"]), meta.get("config_hash")
+def _trained_from(meta: dict) -> tuple[str, str]:
+    """(what, digest) of the config a job was trained from: the hash of the spec its meta.json records,
+    without the study and variant names (a shared run was trained under another study's or variant's
+    names: reglab.config.content_spec), else (a meta.json without its spec) its ``config_hash``."""
+    spec = meta.get("spec")
+    if isinstance(spec, dict):
+        return "spec hash (without names)", spec_hash(content_spec(spec))
+    return "config_hash", meta.get("config_hash")
+
+
+def _check_same_config(seen: dict, run_dir: Path, meta: dict, variant: str | None = None) -> None:
+    """Refuse to mix jobs of one variant (``variant``: the name it is aggregated as, else its meta.json's)
+    trained from different configs: the specs they were trained from, names left out, must agree."""
+    variant = str(meta["variant"]) if variant is None else variant
+    what, digest = _trained_from(meta)
     first = seen.setdefault(variant, (run_dir, digest))
     if first[1] != digest:
         raise ResultsError(
-            f"{run_dir / 'meta.json'}: config_hash {digest!r} differs from {first[1]!r} in "
+            f"{run_dir / 'meta.json'}: {what} {digest!r} differs from {first[1]!r} in "
             f"{first[0] / 'meta.json'}: variant {variant!r} mixes results of different configs "
             "(rerun the stale training jobs)")
 
 
-def aggregate_study(run_dirs: list[Path], outdir: Path) -> None:
-    """Read every job of one study and write finals/per_seed/curves/summary/runtime CSVs to outdir."""
-    if not run_dirs:
+def _labelled(run) -> tuple[Path, str | None, str | None]:
+    """(run directory, study, variant) of a run given as a path (names: its meta.json's) or as a
+    mapping {"dir", "study", "variant"} (reglab.contract.read_study_runs)."""
+    if isinstance(run, Mapping):
+        return Path(run["dir"]), run.get("study"), run.get("variant")
+    return Path(run), None, None
+
+
+def aggregate_study(runs: list, outdir: Path) -> None:
+    """Read every job of one study and write finals/per_seed/curves/summary/runtime CSVs to outdir.
+
+    ``runs`` are run directories, each a path (aggregated under the study and variant names of its
+    meta.json) or a mapping ``{"dir", "study", "variant"}`` (a study's runs file,
+    :func:`reglab.contract.read_study_runs`): a run shared by several studies or variants (the same
+    training) is checked against its own meta.json, then aggregated under the names it is given.
+    """
+    if not runs:
         raise ResultsError(f"{outdir}: no run directories to aggregate")
     hists, finals, per_seed, runtime, times, hashes = [], [], [], [], {}, {}
-    for run_dir in map(Path, run_dirs):
+    for run_dir, study, variant in map(_labelled, runs):
         hist, final, meta = load_run(run_dir)
-        _check_same_config(hashes, run_dir, meta)
+        study = str(meta["study"]) if study is None else study
+        variant = str(meta["variant"]) if variant is None else variant
+        _check_same_config(hashes, run_dir, meta, variant)
+        hist, final = hist.assign(study=study, variant=variant), final.assign(study=study, variant=variant)
         n_seeds, chunk = len(meta["seeds"]), int(meta["chunk"])
         ps = seed_metrics(hist, final, meta)
         ps.insert(0, "chunk", chunk)
-        ps.insert(0, "variant", str(meta["variant"]))
-        ps.insert(0, "study", str(meta["study"]))
+        ps.insert(0, "variant", variant)
+        ps.insert(0, "study", study)
         hists.append(hist)
         finals.append(final.assign(chunk=chunk))
         per_seed.append(ps)
-        runtime.append(runtime_row(hist, meta))
-        times.setdefault(str(meta["variant"]), []).append((_job_epoch_times(hist), n_seeds))
+        runtime.append({**runtime_row(hist, meta), "study": study, "variant": variant})
+        times.setdefault(variant, []).append((_job_epoch_times(hist), n_seeds))
     order = {v: i for i, v in enumerate(times)}
     per_seed_df = (pd.concat(per_seed, ignore_index=True)[list(per_seed_columns())]
                    .sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c,

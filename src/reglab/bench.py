@@ -29,7 +29,7 @@ from reglab import layers as L
 from reglab.config import load_config, validate_config, variant_spec
 from reglab.data import make_dataset
 from reglab.shapes import output_shape
-from reglab.train import configure_process, train
+from reglab.train import configure_process, train, train_points
 
 CASES = {
     "dropout": ("dropout", "dropout_0.4"),
@@ -228,6 +228,45 @@ def bench_case(spec: dict, data: dict, seeds: int, lightning_seeds: int, repeats
             "lightning": best_time(lightning, repeats, clock) / (lightning_seeds * epochs)}
 
 
+#: the sweep case: a grid (study, grid id) whose points x seeds train three ways
+SWEEP = ("dropout_ext", "dropout")
+
+
+def bench_sweep(specs: list[dict], data: dict, seeds: int, repeats: int = MIN_REPEATS,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Seconds per replica-epoch of a sweep (every spec with every seed) trained three ways: as the
+    replicas of one model (:func:`reglab.train.train_points`), point after point as separate models
+    of ``seeds`` replicas (how grid packs trained before), and a per-seed torch loop."""
+    replica_epochs = len(specs) * seeds * specs[0]["training"]["epochs"]
+
+    def replicas():
+        train_points(specs, data, list(range(seeds)))
+
+    def points():
+        for spec in specs:
+            train(spec, data, list(range(seeds)))
+
+    def loop():
+        for spec in specs:
+            for s in range(seeds):
+                run_torch_loop(spec, data, s)
+
+    t = {name: best_time(fn, repeats, clock) / replica_epochs
+         for name, fn in (("replicas", replicas), ("points", points), ("torch_loop", loop))}
+    t["ratio_points"], t["ratio_loop"] = t["points"] / t["replicas"], t["torch_loop"] / t["replicas"]
+    return t
+
+
+def sweep_specs(config: dict, epochs: int) -> list[dict]:
+    """The specs of the sweep case's grid points, at most ``epochs`` epochs each."""
+    study, grid_id = SWEEP
+    grid = next(g for g in config["studies"][study]["grids"] if g["id"] == grid_id)
+    specs = [variant_spec(config, study, v) for v in grid["variants"]]
+    for spec in specs:
+        spec["training"]["epochs"] = min(epochs, spec["training"]["epochs"])
+    return specs
+
+
 def _repeats(text: str) -> int:
     value = int(text)
     if value < MIN_REPEATS:
@@ -244,7 +283,8 @@ def main(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_c
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--repeats", type=_repeats, default=MIN_REPEATS,
                         help=f"timed runs per figure, after one warm-up run; the minimum is reported (>= {MIN_REPEATS})")
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="which models to time")
+    parser.add_argument("--cases", nargs="+", choices=[*CASES, "sweep"], default=[*CASES, "sweep"],
+                        help="which models to time; sweep: a grid's points x seeds as replicas of one model")
     args = parser.parse_args(argv)
     for name in ("pytorch_lightning", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -254,7 +294,7 @@ def main(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_c
     report = {}
     print(f"each figure: the minimum of {args.repeats} timed repeats after 1 untimed warm-up run")
     print(f"{'case':<10} {'engine':>12} {'torch loop':>12} {'lightning':>12} {'vs loop':>8} {'vs L':>8}   (per replica-epoch)")
-    for case in args.cases:
+    for case in (c for c in args.cases if c != "sweep"):
         study, variant = CASES[case]
         spec = variant_spec(config, study, variant)
         spec["training"]["epochs"] = min(args.epochs, spec["training"]["epochs"])
@@ -265,6 +305,15 @@ def main(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_c
         report[case] = t
         print(f"{case:<10} {t['engine']*1e6:>10.1f}us {t['torch_loop']*1e6:>10.1f}us {t['lightning']*1e6:>10.1f}us"
               f" {t['ratio_loop']:>7.1f}x {t['ratio_lightning']:>7.1f}x")
+    if "sweep" in args.cases:
+        specs = sweep_specs(config, args.epochs)
+        t = bench_sweep(specs, make_dataset(specs[0]["dataset"]), args.seeds, args.repeats, clock)
+        t["repeats"], t["points_n"] = args.repeats, len(specs)
+        report["sweep"] = t
+        print(f"\nsweep {SWEEP[0]}/{SWEEP[1]}: {len(specs)} points x {args.seeds} seeds (per replica-epoch)")
+        print(f"{'':<10} {'one model':>12} {'point by point':>15} {'torch loop':>12} {'vs points':>10} {'vs loop':>8}")
+        print(f"{'sweep':<10} {t['replicas']*1e6:>10.1f}us {t['points']*1e6:>13.1f}us {t['torch_loop']*1e6:>10.1f}us"
+              f" {t['ratio_points']:>9.1f}x {t['ratio_loop']:>7.1f}x")
     return report
 
 

@@ -110,9 +110,8 @@ def check_specs(specs: list[dict]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from reglab.data import DataError, load_dataset
-
     from reglab.contract import read_json_list
+    from reglab.data import DataError, load_dataset
 
     if args.spec is None:
         args.spec = read_json_list(args.spec_file, "variant specs")
@@ -123,23 +122,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         data = load_dataset(args.dataset)
     except zipfile.BadZipFile as exc:  # a cut-off npz (data.load_dataset lets this one through)
         raise DataError(f"dataset file {args.dataset}: cannot be read ({exc})") from None
-    from reglab.results import write_run  # torch and Lightning: only once the inputs are good
-    from reglab.train import train
+    import numpy as np
 
-    for spec in args.spec:  # a pack of variants shares this process's start-up
-        started = now()
-        result = train(spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator)
+    from reglab.results import write_run  # torch and Lightning: only once the inputs are good
+    from reglab.train import train_points
+
+    started = now()  # a pack's variants train together, as replicas of as few models as they allow
+    results = train_points(args.spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator,
+                           max_replicas=args.max_replicas)
+    for spec, result in zip(args.spec, results):
         write_run(args.outdir / spec["variant"], spec, result, args.chunk, started)
         acc = result.final["test_acc"]
         print(f"{spec['study']}/{spec['variant']} seeds {args.seeds}: test accuracy "
-              f"{acc.mean():.3f} +- {acc.std():.3f}, fit {result.fit_time_s:.1f}s", flush=True)
+              f"{np.nanmean(acc):.3f} +- {np.nanstd(acc):.3f}, fit {result.fit_time_s:.1f}s", flush=True)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from reglab.aggregate import aggregate_study
-    from reglab.contract import read_json_list
+    from reglab.contract import read_study_runs
 
-    runs = args.runs or [Path(p) for p in read_json_list(args.runs_file, "run directories")]
+    # the runs file labels each run with the study and variant it counts for (a shared run is another's)
+    runs = args.runs or read_study_runs(args.runs_file)
     aggregate_study(runs, args.outdir)
 
 
@@ -205,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=seed_list, required=True, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--chunk", type=int, default=0, help="chunk index (recorded)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    p.add_argument("--max-replicas", type=positive_int, default=None,
+                   help="at most this many (variant, seed) replicas in one model (memory); more train in turns")
     p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu")
     p.add_argument("--outdir", type=Path, required=True, help="directory for one run directory per variant")
     p.set_defaults(func=cmd_train)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import itertools
 import json
+import re
 import reprlib
 from importlib import resources
 from pathlib import Path
@@ -128,12 +130,19 @@ def _raise_first_schema_error(validator, config: dict, source: str, origins: dic
 def _expand_grids(config: dict, schema: dict, source: str) -> dict:
     """Add each study's grid points as variants, in place; return their origins (see above).
 
-    A grid varies one option of a base variant (``layer`` index and ``param`` path inside the layer's
-    options, or a ``param`` of its training) over ``values``; each point is named by the ``name``
-    template. (snakemake.utils.Paramspace names points ``key~value`` over DataFrame columns and knows
-    no base variant or nested layer option, so the expansion is done here.)
+    A grid varies options of a base variant. Its one-parameter form varies one option (``layer``
+    index, or ``layers`` indices tied to one value, and ``param`` path inside the layer's options, or
+    a ``param`` of its training) over ``values``; each point is named by the ``name`` template
+    (``{id}``, ``{value}``). Its multi-axis form lists ``axes``, each such an option with its own
+    ``name`` and ``values``; its points are every combination of the axes' values (the first axis
+    varying slowest), named by the ``name`` template (``{id}``, ``{<axis name>}``; by default
+    ``{id}_<axis><value>_...``), and their values per axis are recorded in ``points``. Both forms
+    record the point names in ``variants``. (snakemake.utils.Paramspace names points ``key~value``
+    over DataFrame columns and knows no base variant or nested layer option, so the expansion is
+    done here.) Every problem raises one ConfigError naming the key path.
     """
     origins = {}
+    name_pattern = re.compile(schema["$defs"]["name"]["pattern"])
     for study_name, study in config["studies"].items():
         variants = study["variants"]
         for g, grid in enumerate(study.get("grids", [])):
@@ -142,19 +151,192 @@ def _expand_grids(config: dict, schema: dict, source: str) -> dict:
                 if key in grid and grid[key] not in variants:
                     raise ConfigError(f"unknown {key} variant {grid[key]!r} (defined: {', '.join(variants)})",
                                       [*where, key], source)
-            names = []
-            for i, value in enumerate(grid["values"]):
-                name = grid.get("name", "{id}_{value}").replace("{id}", grid["id"]).replace("{value}", str(value))
-                point = _grid_point(_variant_parts(study, grid["base"]), grid, value, schema, where, source)
-                if name in variants and name not in names and _variant_parts(study, name) != point:
-                    raise ConfigError(f"grid point {name!r} clashes with a different variant of that name",
-                                      [*where, "values", i], source)
-                layers, training = point
-                variants[name] = {"layers": layers, "training": training} if training else layers
+            multi = "axes" in grid
+            axes = _grid_axes(grid, where, source)
+            base = _variant_parts(study, grid["base"])
+            targets = []
+            for axis, path in axes:
+                targets.append(_check_grid_axis(base, axis, path, grid["base"], schema, source))
+            if multi:
+                _check_axes_together(axes, targets, source)
+                for axis, path in axes:
+                    _check_axis_values(study, base, axis, path, schema, source)
+            template = _grid_name_template(grid, axes, where, source)
+            names, points = [], []
+            combos = itertools.product(*(list(enumerate(axis["values"])) for axis, _ in axes))
+            for combo in combos:
+                values = {axis["name"]: value for (axis, _), (_, value) in zip(axes, combo)}
+                name = _grid_point_name(template, grid["id"], values)
+                value_path = [*axes[0][1], "values", combo[0][0]] if not multi else None
+                if not name_pattern.fullmatch(name):
+                    raise ConfigError(f"grid point name {name!r} is not a valid name: names must match "
+                                      f"{name_pattern.pattern} (a letter or digit, then letters, digits, '_', '.' "
+                                      "or '-')", [*where, "name"], source)
+                point = _grid_point(study, base, [(axis, value) for (axis, _), (_, value) in zip(axes, combo)])
+                what = f"grid point {name!r}" + (f" ({_point_text(values)})" if multi else "")
+                clash_path = value_path or [*where, "name" if "name" in grid else "id"]
+                if name in names:
+                    raise ConfigError(f"{what} has the same name as another point of this grid "
+                                      f"({_point_text(points[names.index(name)])}); put every axis in the "
+                                      "name template", clash_path, source)
+                if name in variants:  # written explicitly, or a point of an earlier grid: must be the same
+                    if _variant_parts(study, name) != point:
+                        raise ConfigError(f"{what} clashes with a different variant of that name", clash_path, source)
+                else:
+                    layers, training = point
+                    variants[name] = {"layers": layers, "training": training} if training else layers
                 names.append(name)
-                origins[(study_name, name)] = ([*where, "values", i], value)
+                points.append(values)
+                origins[(study_name, name)] = (value_path, combo[0][1]) if not multi else ([*where, "axes"], values)
             grid["variants"] = names
+            if multi:
+                grid["name"], grid["points"] = template, points
     return origins
+
+
+#: the keys of a grid's one-parameter form (its one axis, written in the grid itself)
+ONE_AXIS_KEYS = ("layer", "layers", "param", "values")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def _grid_axes(grid: dict, where: list, source: str) -> list[tuple[dict, list]]:
+    """The grid's axes as (axis, key path of the axis); the one-parameter form is one axis named
+    ``value`` (its keys in the grid itself)."""
+    if "axes" in grid:
+        found = [key for key in ONE_AXIS_KEYS if key in grid]
+        if found:
+            raise ConfigError(f"a grid varies one parameter (param, values) or several (axes), not both; it has "
+                              f"axes and {', '.join(found)}", [*where, "axes"], source)
+        axes = [(axis, [*where, "axes", k]) for k, axis in enumerate(grid["axes"])]
+        seen = {}
+        for axis, path in axes:
+            if axis["name"] in seen:
+                raise ConfigError(f"duplicate axis name {axis['name']!r} (also axes[{seen[axis['name']]}])",
+                                  [*path, "name"], source)
+            if axis["name"] == "id":
+                raise ConfigError("the axis name 'id' is taken: {id} stands for the grid's id in the name template",
+                                  [*path, "name"], source)
+            seen[axis["name"]] = path[-1]
+        return axes
+    missing = [key for key in ("param", "values") if key not in grid]
+    if missing:
+        raise ConfigError(f"a grid needs param and values (one parameter) or axes (several); missing "
+                          f"{' and '.join(map(repr, missing))}", where, source)
+    return [({"name": "value", **{key: grid[key] for key in ONE_AXIS_KEYS if key in grid}}, where)]
+
+
+def _axis_layers(axis: dict) -> list[int] | None:
+    """The layer indices an axis sets (several when tied), or None for a training key."""
+    if "layers" in axis:
+        return list(axis["layers"])
+    return [axis["layer"]] if "layer" in axis else None
+
+
+def _check_grid_axis(base: tuple[list, dict], axis: dict, path: list, base_name: str, schema: dict,
+                     source: str) -> tuple[list | None, list[str]]:
+    """Check that the base variant has the option an axis varies and that its values are distinct;
+    return what it sets: (layer indices or None for training, the param's keys)."""
+    layers, _ = base
+    keys = axis["param"].split(".")
+    if "layer" in axis and "layers" in axis:
+        raise ConfigError("an axis sets layer (one layer) or layers (several, tied), not both",
+                          [*path, "layers"], source)
+    indices = _axis_layers(axis)
+    if indices is None:
+        allowed = schema["$defs"]["training_override"]["properties"]
+        if keys[0] not in allowed:
+            raise ConfigError(f"training has no parameter {keys[0]!r} (has: {', '.join(allowed) or 'none'})",
+                              [*path, "param"], source)
+    for i, index in enumerate(indices or []):
+        at = [*path, "layers", i] if "layers" in axis else [*path, "layer"]
+        if index in indices[:i]:
+            raise ConfigError(f"layer {index} is listed twice (also layers[{indices.index(index)}])", at, source)
+        if index >= len(layers):
+            raise ConfigError(f"base variant {base_name!r} has {len(layers)} layers; there is no layer {index}",
+                              at, source)
+        (kind, _), = layers[index].items()
+        allowed = schema["$defs"]["layer"]["properties"][kind].get("properties", {})
+        if keys[0] not in allowed:
+            raise ConfigError(f"layer {index} ({kind}) of variant {base_name!r} has no parameter {keys[0]!r} "
+                              f"(has: {', '.join(allowed) or 'none'})", [*path, "param"], source)
+    seen = []
+    for j, value in enumerate(axis["values"]):
+        if value in seen:
+            raise ConfigError(f"duplicate value {value!r} (also values[{seen.index(value)}])",
+                              [*path, "values", j], source)
+        seen.append(value)
+    return indices, keys
+
+
+def _check_axes_together(axes: list[tuple[dict, list]], targets: list, source: str) -> None:
+    """No two axes may set the same option (the same layer and param, or one param inside the other)."""
+    for k, (indices, keys) in enumerate(targets):
+        for j in range(k):
+            other_indices, other_keys = targets[j]
+            same_place = (indices is None and other_indices is None) or bool(
+                set(indices or []) & set(other_indices or []))
+            n = min(len(keys), len(other_keys))
+            if same_place and keys[:n] == other_keys[:n]:
+                axis, path = axes[k]
+                raise ConfigError(f"axis {axis['name']!r} varies the same option as axis {axes[j][0]['name']!r} "
+                                  f"({axes[j][0]['param']})", [*path, "param"], source)
+
+
+@functools.cache
+def _variant_validator() -> Draft202012Validator:
+    """A validator of one variant (``$defs.variant`` of the config schema)."""
+    schema = _schema()
+    return Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/variant"})
+
+
+def _check_axis_values(study: dict, base: tuple[list, dict], axis: dict, path: list, schema: dict,
+                       source: str) -> None:
+    """Each value of an axis, set alone on the base variant, gives a valid variant (else a ConfigError at
+    the value, not at the combinations it is part of)."""
+    for j, value in enumerate(axis["values"]):
+        layers, training = _grid_point(study, base, [(axis, value)])
+        variant = {"layers": layers, "training": training} if training else layers
+        error = best_match(_variant_validator().iter_errors(variant))
+        if error is not None:
+            while error.parent is not None:
+                error = error.parent
+            inner, message = _describe(error)
+            raise ConfigError(f"axis {axis['name']!r} value {value!r} gives an invalid variant: {message} "
+                              f"(at {format_path(inner)})", [*path, "values", j], source)
+
+
+def _grid_name_template(grid: dict, axes: list[tuple[dict, list]], where: list, source: str) -> str:
+    """The grid's name template, checked: ``{id}`` and one placeholder per axis (``{value}`` for the
+    one-parameter form), each axis's at least once. The multi-axis default is ``{id}_<axis>{<axis>}_...``."""
+    names = [axis["name"] for axis, _ in axes]
+    if "name" in grid:
+        template = grid["name"]
+    elif "axes" in grid:
+        template = "{id}_" + "_".join(f"{n}{{{n}}}" for n in names)
+    else:
+        template = "{id}_{value}"
+    used = _PLACEHOLDER.findall(template)
+    allowed = ["id", *names]
+    for placeholder in used:
+        if placeholder not in allowed:
+            raise ConfigError(f"unknown placeholder {{{placeholder}}} in the name template (allowed: "
+                              f"{', '.join('{' + a + '}' for a in allowed)})", [*where, "name"], source)
+    for n in names:
+        if n not in used:
+            raise ConfigError(f"the name template {template!r} lacks {{{n}}}: each point's name must show its "
+                              f"value{'s' if len(names) > 1 else ''}", [*where, "name"], source)
+    return template
+
+
+def _grid_point_name(template: str, grid_id: str, values: dict) -> str:
+    """A grid point's variant name: the template with ``{id}`` and each axis's value filled in."""
+    fill = {"id": grid_id, **{name: str(value) for name, value in values.items()}}
+    return _PLACEHOLDER.sub(lambda m: fill[m.group(1)], template)
+
+
+def _point_text(values: dict) -> str:
+    """A grid point's values as 'input = 0.01, hidden = 0.05'."""
+    return ", ".join(f"{name} = {value!r}" for name, value in values.items())
 
 
 def _variant_parts(study: dict, name: str) -> tuple[list, dict]:
@@ -165,27 +347,28 @@ def _variant_parts(study: dict, name: str) -> tuple[list, dict]:
     return variant, study.get("variant_training", {}).get(name, {})
 
 
-def _grid_point(base: tuple[list, dict], grid: dict, value, schema: dict, where: list, source: str):
-    """The base variant's (layers, training overrides) with the grid's parameter set to ``value``."""
+def _grid_point(study: dict, base: tuple[list, dict], settings: list[tuple[dict, object]]):
+    """The base variant's (layers, training overrides) with each axis's option set to its value
+    (``settings``: (axis, value) pairs; an axis with ``layers`` sets the value on each of them).
+
+    A training option inside the optimizer starts from the variant's (or the study's) optimizer,
+    since a per-variant optimizer replaces the study's whole. The axes are checked already
+    (:func:`_check_grid_axis`).
+    """
     layers, training = copy.deepcopy(base)
-    keys = grid["param"].split(".")
-    if "layer" in grid:
-        if grid["layer"] >= len(layers):
-            raise ConfigError(f"base variant {grid['base']!r} has {len(layers)} layers; there is no layer "
-                              f"{grid['layer']}", [*where, "layer"], source)
-        (kind, target), = layers[grid["layer"]].items()
-        allowed = schema["$defs"]["layer"]["properties"][kind].get("properties", {})
-        what = f"layer {grid['layer']} ({kind}) of variant {grid['base']!r}"
-    else:
-        target = training
-        allowed = schema["$defs"]["training_override"]["properties"]
-        what = "training"
-    if keys[0] not in allowed:
-        raise ConfigError(f"{what} has no parameter {keys[0]!r} (has: {', '.join(allowed) or 'none'})",
-                          [*where, "param"], source)
-    for key in keys[:-1]:
-        target = target.setdefault(key, {})
-    target[keys[-1]] = value
+    for axis, value in settings:
+        keys = axis["param"].split(".")
+        indices = _axis_layers(axis)
+        if indices is None:
+            if keys[0] == "optimizer" and len(keys) > 1 and "optimizer" not in training:
+                training["optimizer"] = copy.deepcopy(study["training"]["optimizer"])
+            targets = [training]
+        else:
+            targets = [next(iter(layers[i].values())) for i in indices]
+        for target in targets:
+            for key in keys[:-1]:
+                target = target.setdefault(key, {})
+            target[keys[-1]] = value
     return layers, training
 
 
@@ -388,12 +571,9 @@ def chunk_seeds(config: dict, study: str, chunk: int) -> list[int]:
     return chunks[chunk]
 
 
-def study_packs(config: dict, study: str) -> dict[str, list[str]]:
-    """A study's variants grouped into packs, the variants one training job trains one after another.
-
-    Each grid is a pack named by its id (its points share the job's start-up cost); every other
-    variant is a pack of its own, named like it.
-    """
+def _all_packs(config: dict, study: str) -> dict[str, list[str]]:
+    """Every variant of a study grouped into packs: each grid is a pack named by its id, every other
+    variant a pack of its own, named like it (whether or not another study's job trains it)."""
     entry = config["studies"][study]
     packs, claimed = {}, set()
     for grid in entry.get("grids", []):
@@ -405,12 +585,107 @@ def study_packs(config: dict, study: str) -> dict[str, list[str]]:
     return {name: variants for name, variants in packs.items() if variants}
 
 
+def content_spec(spec: dict) -> dict:
+    """A variant spec without its names (``study``, ``variant``): all that its training computes from.
+
+    Training reads the names only to label its output files, so two variants with equal content
+    specs and equal seeds give identical results.
+    """
+    return {key: value for key, value in spec.items() if key not in ("study", "variant")}
+
+
+def content_key(config: dict, study: str, variant: str) -> str:
+    """The identity of a variant's training: the hash of its content spec and its study's chunks of seeds.
+
+    Variants (of one study or of several) with one content key are trained once and share the run
+    directories (see :func:`run_owners`).
+    """
+    spec = content_spec(variant_spec(config, study, variant))
+    return spec_hash({"spec": spec, "chunks": _chunks(config, study)})
+
+
+def run_owners(config: dict) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """(study, variant) -> (study, pack, variant) of the training job whose runs it uses.
+
+    The first listing of a content (:func:`content_key`) in config order (studies in order, a
+    study's packs in order, as :func:`training_jobs` lists them) trains it; every later listing of
+    the same content shares those runs, under its own study and variant name.
+    """
+    # the workflow asks once per job (study_packs): remembered for a few configs, by a copy of what
+    # the answer depends on (comparing is ~10x faster than serialising it)
+    basis = [config["studies"], config["datasets"], config["seeds_per_job"]]
+    for snapshot, owners in _OWNERS:
+        if snapshot == basis:
+            return dict(owners)
+    owners = _run_owners(config)
+    _OWNERS[:] = [*_OWNERS[-3:], (copy.deepcopy(basis), owners)]
+    return dict(owners)
+
+
+_OWNERS: list[tuple[list, dict]] = []
+
+
+def _run_owners(config: dict) -> dict[tuple[str, str], tuple[str, str, str]]:
+    owners, trained = {}, {}
+    for study in config["studies"]:
+        for pack, variants in _all_packs(config, study).items():
+            for variant in variants:
+                key = content_key(config, study, variant)
+                owners[(study, variant)] = trained.setdefault(key, (study, pack, variant))
+    return owners
+
+
+def _trained_packs(config: dict, study: str, owners: dict) -> dict[str, list[str]]:
+    """The study's packs less the variants another listing trains (see :func:`run_owners`)."""
+    packs = {pack: [v for v in variants if owners[(study, v)] == (study, pack, v)]
+             for pack, variants in _all_packs(config, study).items()}
+    return {pack: variants for pack, variants in packs.items() if variants}
+
+
+def study_packs(config: dict, study: str) -> dict[str, list[str]]:
+    """The variants a study's training jobs train, grouped into packs (trained one after another).
+
+    Each grid is a pack named by its id (its points share the job's start-up cost); every other
+    variant is a pack of its own, named like it. A variant whose content an earlier listing trains
+    (:func:`run_owners`) is left out: it shares that listing's runs. A pack left empty is dropped.
+    """
+    return _trained_packs(config, study, run_owners(config))
+
+
 def training_jobs(config: dict) -> list[dict]:
-    """One job per (study, pack, chunk of seeds): dicts with keys study, pack, variants, chunk, seeds."""
+    """One job per (study, pack, chunk of seeds): dicts with keys study, pack, variants, chunk, seeds.
+
+    Each content (:func:`content_key`) is trained by exactly one job per chunk: that of its first
+    listing; :func:`study_runs` tells which runs each study reads.
+    """
+    owners = run_owners(config)
     return [
         {"study": study, "pack": pack, "variants": variants, "chunk": k, "seeds": seeds}
         for study in config["studies"]
-        for pack, variants in study_packs(config, study).items()
+        for pack, variants in _trained_packs(config, study, owners).items()
         for k, seeds in enumerate(_chunks(config, study))
     ]
+
+
+def study_runs(config: dict, results: str = "results") -> list[dict]:
+    """Every run directory each study aggregates, with the label it is aggregated under.
+
+    One dict per (study, variant, chunk), in config order (a study's packs, chunks, then the pack's
+    variants): ``dir`` the run directory under ``results`` (:func:`reglab.contract.job_dir` of the
+    job that trains it: possibly another study's, another pack's and another variant name's),
+    ``study`` and ``variant`` the study and variant name it stands for.
+    """
+    from reglab import contract
+
+    owners = run_owners(config)
+    runs = []
+    for study in config["studies"]:
+        chunks = range(len(_chunks(config, study)))
+        for variants in _all_packs(config, study).values():
+            for k in chunks:
+                for variant in variants:
+                    owner_study, owner_pack, owner_variant = owners[(study, variant)]
+                    run_dir = f"{contract.job_dir(results, owner_study, owner_pack, k)}/{owner_variant}"
+                    runs.append({"dir": run_dir, "study": study, "variant": variant})
+    return runs
 

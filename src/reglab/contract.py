@@ -77,8 +77,51 @@ def pack_specs_path(results: str | os.PathLike, study: str, pack: str) -> str:
 
 
 def study_runs_path(results: str | os.PathLike, study: str) -> str:
-    """The run directories one study's aggregation reads (a JSON list)."""
+    """The runs one study's aggregation reads (a JSON list: see :func:`read_study_runs`)."""
     return f"{results}/specs/{study}.runs.json"
+
+
+def read_study_runs(path: str | os.PathLike) -> list[dict]:
+    """The runs a study aggregates, from its runs file (:func:`study_runs_path`); ResultsError otherwise.
+
+    The file is a non-empty JSON list of ``{"dir", "study", "variant"}``: a run directory and the
+    study and variant it is aggregated as. A variant whose training is the same as another's (same
+    spec but for the names, same seeds: ``reglab.config.content_key``) is trained once, so ``dir``
+    may be another study's or variant's run. A bare path (a runs file of an earlier reglab) stands
+    for itself: it is returned as ``{"dir": path}`` and keeps the names its meta.json gives.
+    """
+    runs = []
+    for i, entry in enumerate(read_json_list(path, "runs")):
+        entry = {"dir": entry} if isinstance(entry, str) else entry
+        fields = set(entry) if isinstance(entry, dict) else set()
+        if fields not in ({"dir"}, {"dir", "study", "variant"}) or not all(
+                isinstance(value, str) and value for value in entry.values()):
+            raise ResultsError(f"{path}: entry {i} is not a run (a JSON object with the strings dir, study "
+                               f"and variant), got {entry!r}")
+        runs.append(entry)
+    return runs
+
+
+def labelled_run_dirs(results: str | os.PathLike, study: str, variants) -> dict[str, list[Path]]:
+    """variant -> the run directories a study shows it from, in chunk order, for each of ``variants``.
+
+    From the study's runs file (:func:`read_study_runs`) where the workflow wrote one: a shared
+    variant's runs live under another study's folder; each is looked up under ``results`` by its
+    place in the layout (``runs/{study}/{pack}/chunk{k}/{variant}``, the last five parts of its
+    path). Without a runs file, the variant's run directories under ``runs/{study}/``
+    (:func:`variant_run_dirs`).
+    """
+    path = Path(study_runs_path(results, study))
+    if not path.is_file():
+        return {v: variant_run_dirs(results, study, v) for v in variants}
+    found = {v: [] for v in variants}
+    for run in read_study_runs(path):  # in chunk order per variant, as the workflow writes it
+        parts = Path(run["dir"]).parts
+        variant = run.get("variant", parts[-1])
+        if run.get("study", study) == study and variant in found:
+            in_layout = len(parts) >= 5 and parts[-5] == "runs"
+            found[variant].append(Path(results, *parts[-5:]) if in_layout else Path(run["dir"]))
+    return found
 
 
 class ResultsError(ValueError):

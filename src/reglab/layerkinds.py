@@ -45,7 +45,7 @@ torch 2.13 CPU, 1 thread):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from reglab.shapes import RANK_NAMES, ShapeError
@@ -72,6 +72,9 @@ class LayerKind:
     macs: Callable[[Shape, Shape, dict], int] = lambda shape, out, params: 0
     #: overhead in seconds per optimizer step of a network that holds this layer (see the module doc)
     step_seconds: float = 0.0
+    #: options that may differ between the replicas of one model (they change no shape), each with
+    #: the class of values that must still agree (None: any values may share a model)
+    replica_options: dict = field(default_factory=dict)
 
     @property
     def description(self) -> str:
@@ -98,6 +101,12 @@ INITIALIZERS = ["glorot_uniform", "he_uniform", "glorot_normal", "he_normal"]
 
 def _same(shape: Shape, params: dict) -> Shape:
     return shape
+
+
+def _positive(value) -> bool:
+    """The class of an LSTM's recurrent_dropout that replicas of one model share: 0 or not (Keras
+    uses another cell for each)."""
+    return value > 0
 
 
 # ----------------------------------------------------------------------------- builders (torch inside)
@@ -218,6 +227,7 @@ _KINDS = [
         rank=1,
         shape_rule=lambda shape, params: (params["units"],),
         build=_build_dense,
+        replica_options={"weight_noise": None, "max_norm": None},
         macs=lambda shape, out, params: shape[0] * params["units"],
         step_seconds=0.005,
     ),
@@ -241,6 +251,7 @@ _KINDS = [
         },
         shape_rule=_same,
         build=_build_batch_norm,
+        replica_options={"momentum": None},
     ),
     LayerKind(
         name="dropout",
@@ -254,6 +265,7 @@ _KINDS = [
         },
         shape_rule=_same,
         build=_build_dropout,
+        replica_options={"rate": None},
     ),
     LayerKind(
         name="gaussian_noise",
@@ -268,6 +280,7 @@ _KINDS = [
         },
         shape_rule=_same,
         build=_build_gaussian_noise,
+        replica_options={"stddev": None},
     ),
     LayerKind(
         name="activation",
@@ -350,6 +363,7 @@ _KINDS = [
         rank=3,
         shape_rule=_same,
         build=_build_spatial_dropout2d,
+        replica_options={"rate": None},
     ),
     LayerKind(
         name="lstm",
@@ -373,6 +387,7 @@ _KINDS = [
         rank=2,
         shape_rule=_lstm_shape,
         build=_build_lstm,
+        replica_options={"dropout": None, "recurrent_dropout": _positive},
         # every step's hidden state is materialised (return_sequences only chooses what is returned)
         activation_floats=lambda shape, out, params: shape[0] * params["units"],
         # per time step: 4 gates from the input and the previous hidden state

@@ -5,6 +5,12 @@ inputs have shape ``[S, batch, features]``, so one batched matmul computes all r
 Randomness in training (dropout masks, noise) is drawn per replica from that replica's own
 generator, so replica ``r`` computes exactly what a lone model with replica ``r``'s weights and
 random stream would.
+
+Hyperparameters that do not change shapes (dropout rates, noise stddevs, max-norm, BN momentum; see
+``replica_options`` in :mod:`reglab.layerkinds`) may differ between replicas: they are given as one
+number for all replicas or a sequence of one per replica (:class:`PerReplica`). A replica whose rate
+or stddev is 0 draws nothing, as a lone model with that value would not, so its random stream
+stays the same alone or among others.
 """
 
 from __future__ import annotations
@@ -34,21 +40,82 @@ def keras_init_(tensor: torch.Tensor, name: str, fan_in: int, fan_out: int, gene
         nn.init.trunc_normal_(tensor, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
-def draw_per_replica(like: torch.Tensor, generators: list[torch.Generator], fill: str) -> torch.Tensor:
+def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-replica ``values`` (``[S]`` or ``[1]``) as ``like``'s dtype on its device, shaped
+    ``[S or 1, 1, ...]`` to broadcast over ``like``."""
+    return values.to(like.device, like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+class PerReplica:
+    """A hyperparameter with one value for all replicas or one value per replica.
+
+    ``values`` holds them in float64 (``[1]`` or ``[S]``); :meth:`view` gives them as a float32 tensor
+    that broadcasts over a ``[S, ...]`` tensor; ``active[r]`` says whether replica r's value is
+    non-zero (a rate or stddev of 0 draws nothing).
+    """
+
+    def __init__(self, value) -> None:
+        self.values = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        self.active = [bool(v != 0) for v in self.values.tolist()]
+        self._views: dict = {}
+
+    def any(self) -> bool:
+        """Whether any replica's value is non-zero."""
+        return any(self.active)
+
+    def is_active(self, r: int) -> bool:
+        return self.active[r if len(self.active) > 1 else 0]
+
+    def view(self, like: torch.Tensor, attr: str = "values") -> torch.Tensor:
+        """The float64 tensor attribute ``attr`` (default: the values) as ``like``'s dtype, on its
+        device, shaped to broadcast over it (made once per attribute, device, dtype and rank)."""
+        key = (attr, like.device, like.dtype, like.ndim)
+        if key not in self._views:
+            self._views[key] = broadcast(getattr(self, attr), like)
+        return self._views[key]
+
+    def __float__(self) -> float:
+        if self.values.numel() != 1:
+            raise TypeError("a per-replica hyperparameter with several values has no single value")
+        return float(self.values[0])
+
+
+class Rate(PerReplica):
+    """A drop rate per replica, with its keep probability and inverted-dropout scale 1/(1-rate)
+    (computed in float64, then rounded once to float32)."""
+
+    def __init__(self, value) -> None:
+        super().__init__(value)
+        self.keep = 1.0 - self.values
+        self.scale = 1.0 / self.keep
+
+    def mask(self, like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """An inverted-dropout mask shaped like ``like``: 1/(1-rate) where kept, 0 where dropped; slice r
+        drawn from generator r (all ones, and no draws, where replica r's rate is 0). A float mask made
+        in place: bool masks take a slow path."""
+        u = draw_per_replica(like, generators, "uniform_", self)
+        return u.lt_(self.view(like, "keep")).mul_(self.view(like, "scale"))
+
+
+def draw_per_replica(like: torch.Tensor, generators: list[torch.Generator], fill: str,
+                     active: PerReplica | None = None) -> torch.Tensor:
     """A tensor shaped like ``like`` whose slice r is filled (``uniform_``/``normal_``) from generator r,
     in the slice's logical (row-major) order whatever ``like``'s memory layout: a replica's draws
-    depend on its seed and the shape alone (torch fills a strided tensor in memory order)."""
-    out = like.new_empty(like.shape)
+    depend on its seed and the shape alone (torch fills a strided tensor in memory order).
+
+    With ``active``, replicas whose value is 0 draw nothing and get zeros."""
+    every = active is None or all(active.active)
+    out = like.new_empty(like.shape) if every else like.new_zeros(like.shape)
     for r, gen in enumerate(generators):
-        getattr(out[r], fill)(generator=gen)
+        if every or active.is_active(r):
+            getattr(out[r], fill)(generator=gen)
     return out
 
 
-def dropout_mask(like: torch.Tensor, generators: list[torch.Generator], rate: float) -> torch.Tensor:
-    """An inverted-dropout mask shaped like ``like``: 1/(1-rate) where kept, 0 where dropped; slice r
-    drawn from generator r. (A float mask made in place: bool masks take a slow path.)"""
-    keep = 1.0 - rate
-    return draw_per_replica(like, generators, "uniform_").lt_(keep).mul_(1.0 / keep)
+def dropout_mask(like: torch.Tensor, generators: list[torch.Generator], rate) -> torch.Tensor:
+    """An inverted-dropout mask shaped like ``like`` for ``rate`` (a number, per-replica values or a
+    :class:`Rate`); see :meth:`Rate.mask`."""
+    return (rate if isinstance(rate, Rate) else Rate(rate)).mask(like, generators)
 
 
 class RandomDraws(nn.Module):
@@ -61,8 +128,8 @@ class RandomDraws(nn.Module):
         super().__init__()
         self.generators: list[torch.Generator] = []
 
-    def _draw(self, like: torch.Tensor, fill: str) -> torch.Tensor:
-        return draw_per_replica(like, self.generators, fill)
+    def _draw(self, like: torch.Tensor, fill: str, active: PerReplica | None = None) -> torch.Tensor:
+        return draw_per_replica(like, self.generators, fill, active)
 
 
 class Dense(RandomDraws):
@@ -70,7 +137,8 @@ class Dense(RandomDraws):
 
     Options beyond Keras' defaults: ``max_norm`` / ``unit_norm`` kernel constraints (applied by
     :meth:`constrain_` after every update, as Keras does) and ``weight_noise``, the stddev of fresh
-    Gaussian noise added to the kernel at every training forward pass.
+    Gaussian noise added to the kernel at every training forward pass. ``max_norm`` and
+    ``weight_noise`` may differ between replicas (``max_norm`` None for some: no constraint there).
     """
 
     def __init__(
@@ -81,14 +149,16 @@ class Dense(RandomDraws):
         activation: str = "linear",
         kernel_initializer: str = "glorot_uniform",
         use_bias: bool = True,
-        max_norm: float | None = None,
+        max_norm=None,
         unit_norm: bool = False,
-        weight_noise: float = 0.0,
+        weight_noise=0.0,
     ) -> None:
         super().__init__()
-        self.max_norm = max_norm
+        norms = max_norm if isinstance(max_norm, (list, tuple)) else [max_norm]
+        self.max_norm = None if all(c is None for c in norms) else PerReplica(
+            [math.inf if c is None else c for c in norms])
         self.unit_norm = unit_norm
-        self.weight_noise = weight_noise
+        self.weight_noise = PerReplica(weight_noise)
         self.kernel = nn.Parameter(torch.empty(replicas, in_features, units))
         self.bias = nn.Parameter(torch.zeros(replicas, 1, units)) if use_bias else None
         self.activation = activation
@@ -114,14 +184,19 @@ class Dense(RandomDraws):
         norms = torch.linalg.vector_norm(self.kernel, dim=1, keepdim=True)
         if self.unit_norm:
             self.kernel.div_(norms + 1e-7)
-        else:
-            self.kernel.mul_(norms.clamp(0.0, self.max_norm) / (norms + 1e-7))
+            return
+        c = self.max_norm.view(norms)
+        factor = torch.minimum(norms, c) / (norms + 1e-7)
+        if not all(math.isfinite(v) for v in self.max_norm.values.tolist()):  # replicas without a constraint
+            factor = torch.where(torch.isinf(c), 1.0, factor)
+        self.kernel.mul_(factor)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-activation ``x @ kernel + bias`` (with fresh weight noise in training)."""
         kernel = self.kernel
-        if self.training and self.weight_noise > 0:
-            kernel = torch.add(kernel, self._draw(kernel, "normal_"), alpha=self.weight_noise)
+        if self.training and self.weight_noise.any():
+            noise = self._draw(kernel, "normal_", self.weight_noise)
+            kernel = kernel + noise * self.weight_noise.view(kernel)
         if kernel.shape[2] == 1:
             # A one-unit output as multiply-and-sum: CPU batched matmul kernels are slow for
             # matrix-vector shapes, forward and backward (measured 6x slower).
@@ -159,20 +234,22 @@ class BatchNorm(nn.Module):
 
     Training normalises with the batch mean and biased batch variance and updates
     ``moving = moving * momentum + batch * (1 - momentum)``; inference uses the moving statistics.
+    ``momentum`` may differ between replicas.
     """
 
     def __init__(
         self,
         replicas: int,
         features: int,
-        momentum: float = 0.99,
+        momentum=0.99,
         epsilon: float = 1e-3,
         center: bool = True,
         scale: bool = True,
         axis: int = -1,
     ) -> None:
         super().__init__()
-        self.momentum = momentum
+        self.momentum = PerReplica(momentum)
+        self.update_weight = PerReplica(1.0 - self.momentum.values)  # how far the moving statistics move
         self.epsilon = epsilon
         self.axis = axis
         self.gamma = nn.Parameter(torch.ones(replicas, 1, features)) if scale else None
@@ -193,8 +270,9 @@ class BatchNorm(nn.Module):
             dims = tuple(d for d in range(1, x.ndim) if d != axis)
             var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
             with torch.no_grad():
-                self.moving_mean.lerp_(mean.reshape(self.moving_mean.shape), 1.0 - self.momentum)
-                self.moving_variance.lerp_(var.reshape(self.moving_variance.shape), 1.0 - self.momentum)
+                weight = self.update_weight.view(self.moving_mean)
+                self.moving_mean.lerp_(mean.reshape(self.moving_mean.shape), weight)
+                self.moving_variance.lerp_(var.reshape(self.moving_variance.shape), weight)
         else:
             mean, var = self._view(self.moving_mean, shape), self._view(self.moving_variance, shape)
         inv = torch.rsqrt(var + self.epsilon)
@@ -209,30 +287,32 @@ class BatchNorm(nn.Module):
 
 
 class Dropout(RandomDraws):
-    """Keras ``Dropout(rate)``: inverted dropout (kept units scaled by 1/(1-rate)), identity in inference."""
+    """Keras ``Dropout(rate)``: inverted dropout (kept units scaled by 1/(1-rate)), identity in inference.
+    ``rate`` is one number, or one per replica."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate) -> None:
         super().__init__()
-        self.rate = rate
+        self.rate = Rate(rate)
 
     def mask_like(self, x: torch.Tensor) -> torch.Tensor:
         """A tensor shaped like the mask: one draw per element (subclasses share draws across axes)."""
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
+        if not self.training or not self.rate.any():
             return x
-        return x * dropout_mask(self.mask_like(x), self.generators, self.rate)
+        return x * self.rate.mask(self.mask_like(x), self.generators)
 
 
 class GaussianNoise(RandomDraws):
-    """Keras ``GaussianNoise(stddev)``: adds N(0, stddev^2) in training, identity in inference."""
+    """Keras ``GaussianNoise(stddev)``: adds N(0, stddev^2) in training, identity in inference.
+    ``stddev`` is one number, or one per replica."""
 
-    def __init__(self, stddev: float) -> None:
+    def __init__(self, stddev) -> None:
         super().__init__()
-        self.stddev = stddev
+        self.stddev = PerReplica(stddev)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.stddev == 0.0:
+        if not self.training or not self.stddev.any():
             return x
-        return torch.add(x, self._draw(x, "normal_"), alpha=self.stddev)
+        return x + self._draw(x, "normal_", self.stddev) * self.stddev.view(x)

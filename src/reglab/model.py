@@ -101,11 +101,13 @@ class ReplicaNet(nn.Module):
             module.constrain_()
 
     @torch.no_grad()
-    def add_gradient_noise_(self, stddev: float) -> None:
-        """Add fresh N(0, stddev^2) noise to every gradient, each replica from its own stream."""
+    def add_gradient_noise_(self, stddev: torch.Tensor, active: L.PerReplica) -> None:
+        """Add fresh N(0, stddev^2) noise to every gradient, each replica from its own stream;
+        ``stddev`` is float64 ``[S]`` or ``[1]``; replicas ``active`` marks as off draw nothing."""
         for p in self.parameters():
             if p.grad is not None:
-                p.grad.add_(L.draw_per_replica(p.grad, self.noise_generators, "normal_"), alpha=stddev)
+                noise = L.draw_per_replica(p.grad, self.noise_generators, "normal_", active)
+                p.grad.add_(noise.mul_(L.broadcast(stddev, p.grad)))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

@@ -8,7 +8,6 @@ each replica's weights receive exactly the gradient of its own independent train
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytorch_lightning as pl
@@ -16,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from reglab.contract import HISTORY_METRICS
-from reglab.layers import draw_per_replica
+from reglab.layers import PerReplica, draw_per_replica
 from reglab.model import STREAM_SHUFFLE, ReplicaNet, seed_generator
 from reglab.optim import make_optimizer
 
@@ -40,9 +39,9 @@ class ReplicaClassifier(pl.LightningModule):
         training = spec["training"]
         self.epochs = int(training["epochs"])
         self.batch_size = int(training["batch_size"])
-        self.label_flip = float(training.get("label_flip", 0.0))
+        self.label_flip = PerReplica(training.get("label_flip", 0.0))
         gradient_noise = training.get("gradient_noise") or {}
-        self.gradient_noise_eta = float(gradient_noise.get("eta", 0.0))
+        self.gradient_noise_eta = PerReplica(gradient_noise.get("eta", 0.0))
         self.gradient_noise_gamma = float(gradient_noise.get("gamma", 0.55))
         self.updates = 0
         x_train = torch.as_tensor(data["x_train"], dtype=torch.float32)
@@ -85,10 +84,10 @@ class ReplicaClassifier(pl.LightningModule):
             losses = self.net.losses(logits, yb)
             opt.zero_grad(set_to_none=False)
             self.manual_backward(losses.sum())
-            if self.gradient_noise_eta > 0:
+            if self.gradient_noise_eta.any():
                 # Neelakantan et al. (2015): variance eta / (1 + t)^gamma at update t
-                variance = self.gradient_noise_eta / (1 + self.updates) ** self.gradient_noise_gamma
-                self.net.add_gradient_noise_(math.sqrt(variance))
+                variance = self.gradient_noise_eta.values / (1 + self.updates) ** self.gradient_noise_gamma
+                self.net.add_gradient_noise_(variance.sqrt(), self.gradient_noise_eta)
             opt.step()
             self.net.constrain_()
             self.updates += 1
@@ -120,13 +119,14 @@ class ReplicaClassifier(pl.LightningModule):
         """Training labels ``[S, N]`` for one epoch: each flipped with probability ``label_flip``, afresh
         (to the other class; with K classes, to one of the K - 1 others at random)."""
         y = self.y_train.expand(self.net.replicas, -1)
-        if self.label_flip <= 0:
+        if not self.label_flip.any():
             return y
-        u = draw_per_replica(y, self.net.noise_generators, "uniform_")
-        flips = u < self.label_flip
+        u = draw_per_replica(y, self.net.noise_generators, "uniform_", self.label_flip)
+        p = self.label_flip.view(y)
+        flips = u < p  # never where a replica's label_flip is 0 (its u is 0, drawn nothing)
         k = self.net.n_classes
         # u / label_flip is uniform on [0, 1) given a flip: it picks the new class
-        other = (y + 1 + torch.floor(u / self.label_flip * (k - 1))) % k
+        other = (y + 1 + torch.floor(u / torch.where(p > 0, p, 1.0) * (k - 1))) % k
         return torch.where(flips, other, y)
 
     @torch.no_grad()

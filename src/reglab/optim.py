@@ -6,16 +6,29 @@ import math
 
 import torch
 
+from reglab.layers import broadcast
+
+
+def replica_views(params: list[torch.Tensor], values: torch.Tensor) -> list[torch.Tensor]:
+    """Per-replica ``values`` ``[S]`` (float64) shaped to broadcast over each ``[S, ...]`` parameter."""
+    return [broadcast(values, p) for p in params]
+
+
+def learning_rate(lr) -> float | torch.Tensor:
+    """A learning rate: one number, or a float64 tensor ``[S]`` of one per replica."""
+    return torch.as_tensor(lr, dtype=torch.float64) if isinstance(lr, (list, tuple)) else float(lr)
+
 
 class KerasAdam(torch.optim.Optimizer):
     """Keras' Adam: ``w -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)`` with eps 1e-7.
 
     torch's Adam adds eps after the bias correction of ``v`` (and defaults to 1e-8); Keras adds it
     to the raw ``sqrt(v)``. Moments update as Keras writes them: ``m += (g - m) * (1 - b1)``.
+    ``lr`` is one number, or one per replica (parameters carry the replica axis first).
     """
 
-    def __init__(self, params, lr: float = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7):
-        super().__init__(params, dict(lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon))
+    def __init__(self, params, lr=1e-3, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7):
+        super().__init__(params, dict(lr=learning_rate(lr), beta_1=beta_1, beta_2=beta_2, epsilon=epsilon))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -41,10 +54,48 @@ class KerasAdam(torch.optim.Optimizer):
             vs = [st["v"] for st in states]
             torch._foreach_lerp_(ms, grads, 1.0 - b1)
             torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), 1.0 - b2)
-            alpha = group["lr"] * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+            alpha = group["lr"] * (math.sqrt(1.0 - b2**t) / (1.0 - b1**t))
             denom = torch._foreach_sqrt(vs)
             torch._foreach_add_(denom, group["epsilon"])
-            torch._foreach_addcdiv_(params, ms, denom, value=-alpha)
+            if isinstance(alpha, torch.Tensor):  # one learning rate per replica
+                steps = torch._foreach_div(ms, denom)
+                torch._foreach_mul_(steps, replica_views(params, alpha))
+                torch._foreach_sub_(params, steps)
+            else:
+                torch._foreach_addcdiv_(params, ms, denom, value=-alpha)
+        return loss
+
+
+class KerasSGD(torch.optim.Optimizer):
+    """Keras' SGD: ``v = momentum * v - lr * g; w += v`` (Nesterov: ``w += momentum * v - lr * g``;
+    without momentum ``w -= lr * g``). ``lr`` is one number, or one per replica."""
+
+    def __init__(self, params, lr=0.01, momentum: float = 0.0, nesterov: bool = False):
+        super().__init__(params, dict(lr=learning_rate(lr), momentum=momentum, nesterov=nesterov))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            lr, mu = group["lr"], group["momentum"]
+            scaled = torch._foreach_mul([p.grad for p in params],
+                                        replica_views(params, lr) if isinstance(lr, torch.Tensor) else lr)
+            if mu == 0:
+                torch._foreach_sub_(params, scaled)
+                continue
+            vs = [self.state[p].setdefault("v", torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(vs, mu)
+            torch._foreach_sub_(vs, scaled)
+            if group["nesterov"]:
+                torch._foreach_add_(params, torch._foreach_sub(torch._foreach_mul(vs, mu), scaled))
+            else:
+                torch._foreach_add_(params, vs)
         return loss
 
 
@@ -55,7 +106,5 @@ def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
     if name == "adam":
         return KerasAdam(params, **spec)
     if name == "sgd":
-        # Keras' v = mu*v - lr*g; w += v equals torch's SGD while the learning rate is constant.
-        return torch.optim.SGD(params, lr=spec["lr"], momentum=spec.get("momentum", 0.0),
-                               nesterov=spec.get("nesterov", False), foreach=True)
+        return KerasSGD(params, lr=spec["lr"], momentum=spec.get("momentum", 0.0), nesterov=spec.get("nesterov", False))
     raise ValueError(f"unknown optimizer {name!r}")

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import matplotlib.patches  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
@@ -394,6 +395,15 @@ def grid_xscale(values, ratio: float = 50.0) -> tuple[str, float | None]:
     return "linear", None
 
 
+def _baseline_band(ax, b, color: str) -> None:
+    """A baseline row (``variant, mean, ci_low, ci_high``) as a horizontal band (its CI) and a dashed line (its mean)."""
+    if np.isfinite(b["ci_low"]) and np.isfinite(b["ci_high"]):
+        ax.axhspan(b["ci_low"], b["ci_high"], color=color, alpha=0.15, lw=0,
+                   label=_label(f"{b['variant']} (baseline): 95% CI"))
+    if np.isfinite(b["mean"]):
+        ax.axhline(b["mean"], color=color, lw=1.2, ls="--", label=_label(f"{b['variant']} (baseline): mean"))
+
+
 def fig_grid(points: pd.DataFrame, xlabel: str = "value", metrics=GRID_METRICS, color: str = OKABE_ITO[1],
              baseline_color: str = OKABE_ITO[0], best=None) -> Figure:
     """A one-parameter grid: each metric's mean with its 95% CI against the grid value, one panel per metric.
@@ -416,12 +426,7 @@ def fig_grid(points: pd.DataFrame, xlabel: str = "value", metrics=GRID_METRICS, 
         g["value"] = pd.to_numeric(g["value"], errors="coerce")
         g = g.dropna(subset=["value"]).sort_values("value")
         for _, b in points[(kind == "baseline") & (points["metric"] == metric)].iterrows():
-            if np.isfinite(b["ci_low"]) and np.isfinite(b["ci_high"]):
-                ax.axhspan(b["ci_low"], b["ci_high"], color=baseline_color, alpha=0.15, lw=0,
-                           label=_label(f"{b['variant']} (baseline): 95% CI"))
-            if np.isfinite(b["mean"]):
-                ax.axhline(b["mean"], color=baseline_color, lw=1.2, ls="--",
-                           label=_label(f"{b['variant']} (baseline): mean"))
+            _baseline_band(ax, b, baseline_color)
         x, m = g["value"].to_numpy(float), g["mean"].to_numpy(float)
         lo, hi = g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float)
         err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
@@ -446,6 +451,122 @@ def fig_grid(points: pd.DataFrame, xlabel: str = "value", metrics=GRID_METRICS, 
     handles, labels = [handles[k] for k in order], [labels[k] for k in order]
     if handles:
         fig.legend(handles, labels, loc="outside upper center", ncols=min(len(handles), 4), frameon=False)
+    return fig
+
+
+#: the colour map of grid heatmaps: sequential, perceptually uniform, readable with colour-blindness
+HEATMAP_CMAP = "viridis"
+
+
+def _value_text(v) -> str:
+    """A grid value as a tick label ('0.01', '1', '0')."""
+    return f"{float(v):g}"
+
+
+def fig_grid_heatmap(cells: pd.DataFrame, x: str, y: str, xlabel: str | None = None, ylabel: str | None = None,
+                     best: tuple | None = None, baseline: float | None = None,
+                     label: str = "mean final test accuracy", cmap: str = HEATMAP_CMAP) -> Figure:
+    """A grid over two options as a heatmap of one statistic, a cell per pair of values.
+
+    ``cells`` is tidy, one row per grid point: column ``x`` (the value on the horizontal axis), column
+    ``y`` (on the vertical axis) and ``mean`` (the cell's value; NaN: no results, drawn blank with a
+    dash). Values keep the order of their first appearance (the config's), the first at the left and
+    at the bottom, evenly spaced. Every cell is annotated with its mean (3 decimals) in black or white
+    for contrast; ``best`` (an ``(x, y)`` pair) is boxed and labelled "best cell"; ``baseline`` (a
+    mean) is marked on the colour bar with a dashed line.
+    """
+    xs = list(dict.fromkeys(cells[x].tolist()))
+    ys = list(dict.fromkeys(cells[y].tolist()))
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for _, r in cells.iterrows():
+        grid[ys.index(r[y]), xs.index(r[x])] = float(r["mean"]) if np.isfinite(float(r["mean"])) else np.nan
+    finite = grid[np.isfinite(grid)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.005, hi + 0.005
+    width = min(MAX_WIDTH, max(5.5, 1.0 * len(xs) + 3.2))
+    fig = Figure(figsize=(width, max(3.6, 0.75 * len(ys) + 2.0)), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    masked = np.ma.masked_invalid(grid)
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="#f0f0f0")  # cells without results: light grey
+    image = ax.imshow(masked, cmap=colours, vmin=lo, vmax=hi, origin="lower", aspect="auto", interpolation="nearest")
+    small = "x-small" if len(xs) > 6 else "small"
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            v = grid[i, j]
+            if np.isfinite(v):
+                dark = (v - lo) / (hi - lo) < 0.55  # viridis is dark at the low end
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=small,
+                        color="white" if dark else "black")
+            else:
+                ax.text(j, i, "\u2013", ha="center", va="center", fontsize=small, color="#57606a")
+    handles = []
+    if best is not None and best[0] in xs and best[1] in ys:
+        j, i = xs.index(best[0]), ys.index(best[1])
+        handles.append(ax.add_patch(matplotlib.patches.Rectangle(
+            (j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="black", lw=3.2, zorder=3, label="best cell")))
+        ax.add_patch(matplotlib.patches.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="white",
+                                                  lw=1.2, zorder=4))
+    ax.set_xticks(range(len(xs)), [_value_text(v) for v in xs], rotation=45 if len(xs) > 7 else 0)
+    ax.set_yticks(range(len(ys)), [_value_text(v) for v in ys])
+    ax.set_xlabel(_label(xlabel or x))
+    ax.set_ylabel(_label(ylabel or y))
+    ax.set_xticks(np.arange(len(xs) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(ys) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", lw=1.5)
+    ax.tick_params(which="minor", length=0)
+    bar = fig.colorbar(image, ax=ax, shrink=0.9, label=_label(label))
+    if baseline is not None and np.isfinite(baseline):
+        where = "" if lo <= baseline <= hi else (", below the scale" if baseline < lo else ", above the scale")
+        handles.append(bar.ax.axhline(min(max(float(baseline), lo), hi), color="black", lw=1.8, ls="--",
+                                      label=f"baseline mean {baseline:.3f} (colour bar{where})"))
+    if handles:
+        fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False, fontsize="small")
+    return fig
+
+
+def fig_grid_marginals(marginals: pd.DataFrame, xlabels: dict | None = None, color: str = OKABE_ITO[1],
+                       baseline: pd.Series | dict | None = None, baseline_color: str = OKABE_ITO[0],
+                       ylabel: str = "mean final test accuracy") -> Figure:
+    """The marginal curves of a grid over several options: one small panel per axis.
+
+    ``marginals`` is tidy, one row per (axis, value): ``axis`` (its name), ``value``, ``mean``,
+    ``ci_low``, ``ci_high`` (NaN when undefined), drawn as a line with CI error bars in ``color``
+    against the value (symlog x when the values span orders of magnitude, :func:`grid_xscale`).
+    ``xlabels`` maps an axis to its x label; ``baseline`` (``variant, mean, ci_low, ci_high``) is drawn
+    in every panel as in :func:`fig_grid`. Panels share the y axis.
+    """
+    axes_names = list(dict.fromkeys(marginals["axis"].tolist()))
+    n = max(1, len(axes_names))
+    fig = Figure(figsize=(min(MAX_WIDTH, 3.8 * n + 0.6), 3.6), dpi=DPI, layout="constrained")
+    panels = np.atleast_1d(fig.subplots(1, n, sharey=True, squeeze=False)).ravel()
+    for ax, name in zip(panels, axes_names):
+        g = marginals[marginals["axis"] == name]
+        x, m = g["value"].to_numpy(float), g["mean"].to_numpy(float)
+        lo, hi = g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float)
+        if baseline is not None:
+            _baseline_band(ax, baseline, baseline_color)
+        order = np.argsort(x, kind="stable")
+        x, m, lo, hi = x[order], m[order], lo[order], hi[order]
+        ok = np.isfinite(m)
+        err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
+        ax.errorbar(x[ok], m[ok], yerr=err[:, ok], color=color, marker="o", ms=5, lw=1.5, capsize=3,
+                    label="marginal mean ± 95% CI", zorder=3)
+        scale, linthresh = grid_xscale(x)
+        if scale == "symlog":
+            ax.set_xscale("symlog", linthresh=linthresh, linscale=0.6)
+            ax.xaxis.set_minor_locator(NullLocator())
+        if len(x) <= 12:
+            ax.set_xticks(x, [_value_text(v) for v in x], rotation=45 if len(x) > 6 else 0)
+        ax.set_title(_label(name))
+        ax.set_xlabel(_label((xlabels or {}).get(name, name)))
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel(_label(ylabel))
+    handles, labels = panels[0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: "(baseline)" in labels[k])
+    if handles:
+        fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="outside upper center",
+                   ncols=min(len(handles), 3), frameon=False)
     return fig
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from reglab.layers import RandomDraws, dropout_mask, keras_init_
+from reglab.layers import RandomDraws, Rate, keras_init_
 
 #: Per gate (i, f, c, o), the factor on the weights fed to :class:`_Recurrence`: the c gate's
 #: doubled, so that one sigmoid serves all four gates (``tanh(z) = 2*sigmoid(2z) - 1``).
@@ -168,6 +168,9 @@ class LSTM(RandomDraws):
     A fresh mask per time step is instead :class:`reglab.layers.Dropout` applied to the
     ``[S, B, T, F]`` input before the LSTM.
 
+    Both rates may differ between replicas (one number, or one per replica), as long as
+    ``recurrent_dropout`` is 0 for all replicas or for none (the two cases are different cells).
+
     Output: the last hidden state ``[S, B, units]``, or every step's ``[S, B, T, units]`` with
     ``return_sequences=True``.
     """
@@ -178,14 +181,17 @@ class LSTM(RandomDraws):
         in_features: int,
         units: int,
         return_sequences: bool = False,
-        dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
+        dropout=0.0,
+        recurrent_dropout=0.0,
     ) -> None:
         super().__init__()
         self.units = units
         self.return_sequences = return_sequences
-        self.dropout = dropout
-        self.recurrent_dropout = recurrent_dropout
+        self.dropout = Rate(dropout)
+        self.recurrent_dropout = Rate(recurrent_dropout)
+        if self.recurrent_dropout.any() and not all(self.recurrent_dropout.active):
+            raise ValueError("recurrent_dropout must be 0 for all replicas or for none "
+                             "(Keras uses a different LSTM cell for each case)")
         self.kernel = nn.Parameter(torch.empty(replicas, in_features, 4 * units))
         self.recurrent_kernel = nn.Parameter(torch.empty(replicas, units, 4 * units))
         self.bias = nn.Parameter(torch.zeros(replicas, 1, 4 * units))
@@ -207,7 +213,7 @@ class LSTM(RandomDraws):
             self.bias[:, :, u : 2 * u] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gated = self.training and self.recurrent_dropout > 0.0
+        gated = self.training and self.recurrent_dropout.any()
         hs = self._per_gate_masks(x) if gated else self._shared_mask(x)  # [T, S, U, B]
         return hs.permute(1, 3, 0, 2) if self.return_sequences else hs[-1].transpose(1, 2)
 
@@ -220,8 +226,8 @@ class LSTM(RandomDraws):
     def _shared_mask(self, x: torch.Tensor) -> torch.Tensor:
         """Keras' ``implementation=2``: one input dropout mask for all gates, no recurrent dropout."""
         s, b, _, f = x.shape
-        if self.training and self.dropout > 0.0:
-            x = x * dropout_mask(x.new_empty(s, b, 1, f), self.generators, self.dropout)
+        if self.training and self.dropout.any():
+            x = x * self.dropout.mask(x.new_empty(s, b, 1, f), self.generators)
         return _Recurrence.apply(x.permute(2, 0, 3, 1), self._stacked_weights(x), None)
 
     def _per_gate_masks(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,10 +235,10 @@ class LSTM(RandomDraws):
         s, b, t, f = x.shape
         u = self.units
         x_steps = x.permute(2, 0, 3, 1).unsqueeze(2)  # [T, S, 1, F, B]
-        if self.dropout > 0.0:
-            in_mask = dropout_mask(x.new_empty(s, 4, b, f), self.generators, self.dropout)
+        if self.dropout.any():
+            in_mask = self.dropout.mask(x.new_empty(s, 4, b, f), self.generators)
             x_steps = x_steps * in_mask.transpose(2, 3)  # [T, S, 4, F, B]: gate k's inputs
-        rec_mask = dropout_mask(x.new_empty(s, 4, b, u), self.generators, self.recurrent_dropout)
+        rec_mask = self.recurrent_dropout.mask(x.new_empty(s, 4, b, u), self.generators)
         w = self._stacked_weights(x).view(s, f + u + 1, 4, u).transpose(1, 2).reshape(s * 4, f + u + 1, u)
         x_gates = x_steps.expand(t, s, 4, f, b).reshape(t, s * 4, f, b)
         return _Recurrence.apply(x_gates, w, rec_mask.transpose(2, 3).contiguous())

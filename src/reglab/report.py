@@ -123,14 +123,15 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 def load_boundaries(results_dir: Path, study: str, variants) -> dict:
     """variant -> (grid_x, grid_y, mean prob, n seeds averaged, n diverged seeds); variants without data skipped.
 
-    A seed whose probabilities are all non-finite (its weights went NaN: a diverged seed) is left
-    out of the mean and counted as diverged; the others are averaged with ``nanmean`` per grid
-    point. When every seed diverged the mean is all NaN and n is 0.
+    A variant's runs are those its study aggregates (:func:`reglab.contract.labelled_run_dirs`: a
+    shared variant's may be another study's). A seed whose probabilities are all non-finite (its
+    weights went NaN: a diverged seed) is left out of the mean and counted as diverged; the others
+    are averaged with ``nanmean`` per grid point. When every seed diverged the mean is all NaN and n is 0.
     """
     out = {}
-    for v in variants:
+    for v, dirs in contract.labelled_run_dirs(results_dir, study, variants).items():
         probs, grid = [], None
-        for d in contract.variant_run_dirs(results_dir, study, v):
+        for d in dirs:
             if (d / contract.BOUNDARY).is_file():
                 b = load_npz(d / contract.BOUNDARY)
                 grid = grid or (b["grid_x"], b["grid_y"])
@@ -148,14 +149,25 @@ def load_boundaries(results_dir: Path, study: str, variants) -> dict:
 
 
 def load_metas(results_dir: Path, study: str, variants) -> list[dict]:
-    """Every job's meta.json of a study (unreadable ones skipped)."""
+    """Every job's meta.json of a study (unreadable ones skipped), under the study's names.
+
+    A run the study shares with another study or variant (the same training, trained once:
+    :func:`reglab.contract.labelled_run_dirs`) is listed in every study that uses it, its variant
+    named as that study names it and followed by where it was trained, e.g. ``overfit (shared: run
+    of dropout/overfit)``.
+    """
     metas = []
-    for v in variants:
-        for d in contract.variant_run_dirs(results_dir, study, v):
+    for v, dirs in contract.labelled_run_dirs(results_dir, study, variants).items():
+        for d in dirs:
             try:
-                metas.append(json.loads((d / contract.META).read_text()))
+                meta = json.loads((d / contract.META).read_text())
             except (OSError, json.JSONDecodeError):
                 continue
+            if not isinstance(meta, dict):
+                continue
+            trained = (str(meta.get("study", "")), str(meta.get("variant", "")))
+            label = v if trained == (study, v) else f"{v} (shared: run of {trained[0]}/{trained[1]})"
+            metas.append({**meta, "study": study, "variant": label})
     return metas
 
 
@@ -359,8 +371,28 @@ def _fmt_value(value) -> str:
 
 
 def grid_variant_names(grid: dict) -> list[str]:
-    """The grid's variant names in the order of its values."""
+    """The grid's variant names in the order of its values (with axes: of their combinations)."""
     return list(grid["variants"])
+
+
+def grid_axis_names(grid: dict) -> list[str]:
+    """The names of a multi-axis grid's axes, in order ([] for the one-parameter form)."""
+    return [axis["name"] for axis in grid.get("axes", [])]
+
+
+def grid_point_values(grid: dict) -> list[dict]:
+    """Each grid point's values by axis name, in the order of its variants (the validated ``points``;
+    for the one-parameter form ``{param: value}``)."""
+    if "axes" in grid:
+        return [dict(p) for p in grid["points"]]
+    return [{grid["param"]: v} for v in grid["values"]]
+
+
+def _one_axis_grid(grid: dict) -> dict:
+    """A multi-axis grid with one axis written as the one-parameter form (drawn as a curve)."""
+    (axis,) = grid["axes"]
+    out = {k: v for k, v in grid.items() if k not in ("axes", "points", "name")}
+    return {**out, **{k: axis[k] for k in ("layer", "layers", "param", "values") if k in axis}}
 
 
 def grid_points(per_seed: pd.DataFrame, grid: dict, metrics=plots.GRID_METRICS, level: float = 0.95) -> pd.DataFrame:
@@ -369,19 +401,54 @@ def grid_points(per_seed: pd.DataFrame, grid: dict, metrics=plots.GRID_METRICS, 
     Columns ``role`` ("grid" / "baseline"), ``variant``, ``value`` (NaN for the baseline),
     ``metric``, ``n``, ``mean``, ``ci_low``, ``ci_high``; a grid point without results has n = 0
     and NaN statistics. Grid rows keep the order of ``grid["values"]`` (duplicates dropped).
+    A grid with ``axes`` has ``value`` NaN and one more column per axis, ``axis:{name}``: the
+    point's value on it (NaN for the baseline); its rows keep the order of ``grid["variants"]``.
     """
-    entries = [("grid", v, float(x)) for v, x in dict(zip(grid_variant_names(grid), grid["values"])).items()]
+    axes = grid_axis_names(grid)
+    if axes:
+        entries = [("grid", v, math.nan, point) for v, point in zip(grid_variant_names(grid), grid["points"])]
+    else:
+        entries = [("grid", v, float(x), {}) for v, x in dict(zip(grid_variant_names(grid), grid["values"])).items()]
     if grid.get("baseline"):
-        entries.append(("baseline", grid["baseline"], math.nan))
+        entries.append(("baseline", grid["baseline"], math.nan, {}))
     rows = []
-    for role, variant, value in entries:
+    for role, variant, value, point in entries:
         for metric in metrics:
             x = metric_values(per_seed, None, variant, metric) if metric in per_seed.columns else np.array([])
             x = x[np.isfinite(x)]
             mean, lo, hi = mean_ci(x, level)
             rows.append({"role": role, "variant": variant, "value": value, "metric": metric, "n": int(x.size),
-                         "mean": mean, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["role", "variant", "value", "metric", "n", "mean", "ci_low", "ci_high"])
+                         "mean": mean, "ci_low": lo, "ci_high": hi,
+                         **{f"axis:{a}": float(point.get(a, math.nan)) for a in axes}})
+    return pd.DataFrame(rows, columns=["role", "variant", "value", "metric", "n", "mean", "ci_low", "ci_high",
+                                       *(f"axis:{a}" for a in axes)])
+
+
+def grid_marginals(per_seed: pd.DataFrame, grid: dict, metric: str = "final_test_acc",
+                   level: float = 0.95) -> pd.DataFrame:
+    """The marginal means of a multi-axis grid: per axis and value, each seed's ``metric`` averaged over
+    the grid points with that value (the other axes' values), then the mean over seeds and its ``level``
+    t-interval.
+
+    A seed's diverged or missing points are left out of its average (a seed with none is left out).
+    Columns ``axis``, ``value``, ``n`` (seeds), ``mean``, ``ci_low``, ``ci_high``; rows in axis order,
+    values in the order the axis lists them.
+    """
+    rows = per_seed
+    if "diverged_epoch" in rows.columns:
+        rows = rows[pd.to_numeric(rows["diverged_epoch"], errors="coerce").fillna(0) == 0]
+    rows = rows.assign(_x=pd.to_numeric(rows[metric], errors="coerce") if metric in rows.columns else np.nan)
+    out = []
+    for axis in grid["axes"]:
+        for value in axis["values"]:
+            cells = [v for v, p in zip(grid_variant_names(grid), grid["points"]) if p[axis["name"]] == value]
+            sel = rows[rows["variant"].astype(str).isin(cells)]
+            sel = sel[np.isfinite(sel["_x"].to_numpy(float))]
+            per = sel.groupby("seed")["_x"].mean() if "seed" in sel.columns else sel["_x"]
+            mean, lo, hi = mean_ci(per.to_numpy(float), level)
+            out.append({"axis": axis["name"], "value": float(value), "n": int(per.size), "mean": mean,
+                        "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(out, columns=["axis", "value", "n", "mean", "ci_low", "ci_high"])
 
 
 def ci_overlap(a: tuple, b: tuple) -> bool | None:
@@ -396,7 +463,8 @@ def best_grid_point(points: pd.DataFrame, metric: str = "final_test_acc") -> dic
 
     Returns {variant, value, n, mean, ci_low, ci_high, ties (other values with the same mean),
     baseline (its row as a dict, or None), overlap (CI overlap with the baseline's, None when
-    undefined), side ("higher"/"lower" than the baseline when they do not overlap)}.
+    undefined), side ("higher"/"lower" than the baseline when they do not overlap), point (a
+    multi-axis grid's values by axis name, else None), tie_points (the other tied points' values)}.
     """
     rows = points[(points["role"] == "grid") & (points["metric"] == metric)]
     rows = rows[np.isfinite(rows["mean"].to_numpy(float))]
@@ -412,17 +480,30 @@ def best_grid_point(points: pd.DataFrame, metric: str = "final_test_acc") -> dic
         overlap = ci_overlap((best["ci_low"], best["ci_high"]), (baseline["ci_low"], baseline["ci_high"]))
         if overlap is False:
             side = "higher" if best["mean"] > baseline["mean"] else "lower"
+    axes = [c for c in points.columns if str(c).startswith("axis:")]
+    point = {c.removeprefix("axis:"): best[c] for c in axes} or None
+    tie_points = [{c.removeprefix("axis:"): r[c] for c in axes} for _, r in tied.iloc[1:].iterrows()] if axes else []
     return {**{k: best[k] for k in ("variant", "value", "n", "mean", "ci_low", "ci_high")},
-            "ties": [v for v in tied["value"].iloc[1:]], "baseline": baseline, "overlap": overlap, "side": side}
+            "ties": [v for v in tied["value"].iloc[1:]], "baseline": baseline, "overlap": overlap, "side": side,
+            "point": point, "tie_points": tie_points}
 
 
-def _grid_axis_label(study: dict, grid: dict) -> str:
-    """'stddev (layer 0, gaussian_noise)' or 'training label_flip'."""
-    if "layer" not in grid:
-        return f"training {grid['param']}"
+def _grid_axis_label(study: dict, grid: dict, axis: dict | None = None) -> str:
+    """'stddev (layer 0, gaussian_noise)', 'rate (layers 1, 3, dropout)' or 'training label_flip': the
+    option the grid varies (one-parameter form) or one of its ``axes``."""
+    axis = grid if axis is None else axis
+    if "layer" not in axis and "layers" not in axis:
+        return f"training {axis['param']}"
+    indices = list(axis["layers"]) if "layers" in axis else [axis["layer"]]
     layers, _ = _variant_layers_training(study, grid["base"])
-    kind = next(iter(layers[grid["layer"]]), "?") if grid["layer"] < len(layers) else "?"
-    return f"{grid['param']} (layer {grid['layer']}, {kind})"
+    kinds = dict.fromkeys(next(iter(layers[i]), "?") if i < len(layers) else "?" for i in indices)
+    where = f"layer {indices[0]}" if len(indices) == 1 else f"layers {', '.join(map(str, indices))}"
+    return f"{axis['param']} ({where}, {', '.join(kinds)})"
+
+
+def _point_text(point: dict) -> str:
+    """A grid point's values as 'input = 0.01, hidden = 0.05'."""
+    return ", ".join(f"{k} = {_fmt_value(v)}" for k, v in point.items())
 
 
 def _ci_text(mean, lo, hi, n) -> str:
@@ -431,18 +512,46 @@ def _ci_text(mean, lo, hi, n) -> str:
     return f"{fmt(mean)} ({ci}n = {n})"
 
 
+def _baseline_comparison(best: dict, baseline: str | None, what: str) -> tuple[str, str]:
+    """The best point against the baseline: (the sentences saying so, the table's overlap cell)."""
+    b = best["baseline"]
+    if b is None:
+        return " No baseline is configured for this grid.", DASH
+    text = f" Baseline ({baseline}): {_ci_text(b['mean'], b['ci_low'], b['ci_high'], b['n'])}."
+    if best["overlap"] is None:
+        return text + " Whether the intervals overlap cannot be judged (an interval is undefined).", "undefined"
+    if best["overlap"]:
+        return text + f" The intervals overlap: the best {what} is not clearly different from the baseline.", "yes"
+    return (text + f" The intervals do not overlap: the best {what} is {best['side']} than the baseline.",
+            f"no ({best['side']})")
+
+
+def _grid_colors(grid: dict, colors: dict) -> tuple[str, str]:
+    """(curve colour: the base variant's, band colour: the baseline's, made distinct from the curve's)."""
+    base_color = colors.get(grid["base"], plots.OKABE_ITO[1])
+    band_color = colors.get(grid.get("baseline"), plots.OKABE_ITO[0])
+    if band_color == base_color:
+        band_color = next(c for c in plots.OKABE_ITO if c != base_color)
+    return base_color, band_color
+
+
 def grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame, colors: dict) -> dict:
-    """Everything the template shows for one grid: figure, best-value sentence and table."""
+    """Everything the template shows for one grid: figure, best-value sentence and table.
+
+    A grid with ``axes``: one axis is shown as the one-parameter form (a curve); several by
+    :func:`axes_grid_view` (two: a heatmap and marginal curves; more: a table only).
+    """
+    if "axes" in grid:
+        if len(grid["axes"]) == 1:
+            return grid_view(i, name, study, _one_axis_grid(grid), per_seed, colors)
+        return axes_grid_view(i, name, study, grid, per_seed, colors)
     points = grid_points(per_seed, grid)
     best = best_grid_point(points)
     param = grid["param"].split(".")[-1]
     title = grid.get("title") or grid["id"]
     baseline = grid.get("baseline")
     xlabel = _grid_axis_label(study, grid)
-    base_color = colors.get(grid["base"], plots.OKABE_ITO[1])
-    band_color = colors.get(baseline, plots.OKABE_ITO[0])
-    if band_color == base_color:
-        band_color = next(c for c in plots.OKABE_ITO if c != base_color)
+    base_color, band_color = _grid_colors(grid, colors)
     fig = plots.fig_grid(points, xlabel, color=base_color, baseline_color=band_color,
                          best=None if best is None else best["value"])
     scale, linthresh = plots.grid_xscale(grid["values"])
@@ -470,20 +579,8 @@ def grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame
         sentence = (f"Best {param}: {_fmt_value(best['value'])} (variant {best['variant']}{ties}), mean final test "
                     f"accuracy {_ci_text(best['mean'], best['ci_low'], best['ci_high'], best['n'])}.")
         b = best["baseline"]
-        if b is None:
-            overlap_text = DASH
-            sentence += " No baseline is configured for this grid."
-        else:
-            sentence += f" Baseline ({baseline}): {_ci_text(b['mean'], b['ci_low'], b['ci_high'], b['n'])}."
-            if best["overlap"] is None:
-                overlap_text = "undefined"
-                sentence += " Whether the intervals overlap cannot be judged (an interval is undefined)."
-            elif best["overlap"]:
-                overlap_text = "yes"
-                sentence += " The intervals overlap: the best value is not clearly different from the baseline."
-            else:
-                overlap_text = f"no ({best['side']})"
-                sentence += f" The intervals do not overlap: the best value is {best['side']} than the baseline."
+        more, overlap_text = _baseline_comparison(best, baseline, "value")
+        sentence += more
         rows.append(row("Best value", best["variant"], _fmt_value(best["value"]), overlap_text))
         if b is not None:
             rows.append(row("Baseline", baseline, DASH, DASH))
@@ -495,12 +592,96 @@ def grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame
     }
 
 
+def _overlap_cell(r, b) -> str:
+    """Whether a grid point's final-test-accuracy interval overlaps the baseline's ``b`` (a row, or None)."""
+    if b is None:
+        return DASH
+    overlap = ci_overlap((r["ci_low"], r["ci_high"]), (b["ci_low"], b["ci_high"]))
+    if overlap is None:
+        return "undefined"
+    return "yes" if overlap else f"no ({'higher' if r['mean'] > b['mean'] else 'lower'})"
+
+
+def axes_grid_view(i: int, name: str, study: dict, grid: dict, per_seed: pd.DataFrame, colors: dict) -> dict:
+    """The view of a grid over several axes: with two axes a heatmap of the mean final test accuracy
+    (:func:`reglab.plots.fig_grid_heatmap`: rows the first axis, columns the second) and the marginal
+    curves (:func:`grid_marginals`, :func:`reglab.plots.fig_grid_marginals`); with three or more no
+    figure. Always the best point's sentence and a table of every point (n, mean, 95% CI, overlap
+    with the baseline's interval) with the best point and the baseline marked.
+    """
+    metric = "final_test_acc"
+    points = grid_points(per_seed, grid, metrics=(metric,))
+    best = best_grid_point(points, metric)
+    title = grid.get("title") or grid["id"]
+    baseline = grid.get("baseline")
+    axes = grid["axes"]
+    names = [a["name"] for a in axes]
+    labels = {a["name"]: _grid_axis_label(study, grid, a) for a in axes}
+    full = {n: f"{n}: {label}" for n, label in labels.items()}
+    base_color, band_color = _grid_colors(grid, colors)
+    cells = points[points["role"] == "grid"].rename(columns={f"axis:{n}": n for n in names})
+    base_rows = points[points["role"] == "baseline"]
+    b = base_rows.iloc[0] if len(base_rows) else None
+    figures, note = [], ""
+    if len(axes) == 2:
+        first, second = names
+        best_cell = None if best is None else (best["point"][second], best["point"][first])
+        heat = plots.fig_grid_heatmap(cells, second, first, full[second], full[first], best=best_cell,
+                                      baseline=None if b is None else float(b["mean"]))
+        alt = (f"Heatmap of grid {title} of study {name}: mean final test accuracy over seeds for every "
+               f"combination of {first} ({labels[first]}; rows) and {second} ({labels[second]}; columns)")
+        alt += (f"; the best point, {_point_text(best['point'])}, is boxed" if best else "") + "."
+        caption = (f"Mean final test accuracy over seeds of each grid point (colour and number; a dash: no results "
+                   f"yet); rows: {first}, columns: {second}; base variant {grid['base']}")
+        caption += "; box: the best point" if best else ""
+        caption += (f"; dashed line on the colour bar: the mean of the baseline ({baseline})"
+                    if b is not None and not _missing(b["mean"]) else "") + "."
+        figures.append({"kind": "heatmap", "src": plots.fig_to_data_uri(heat), "alt": alt, "caption": caption})
+        marginals = plots.fig_grid_marginals(grid_marginals(per_seed, grid, metric), labels, color=base_color,
+                                             baseline=b, baseline_color=band_color)
+        alt = (f"Marginal curves of grid {title} of study {name}: mean final test accuracy with 95% confidence "
+               f"intervals against {first} and against {second}, each averaged over the other axis")
+        alt += f", with the baseline ({baseline}) as a horizontal band." if baseline else "."
+        caption = ("Marginal means: for each value of one axis, each seed's final test accuracy averaged over the "
+                   "other axis's values, then the mean over seeds with its 95% t-interval")
+        caption += f"; band: 95% CI of the baseline ({baseline}), dashed line: its mean." if baseline else "."
+        figures.append({"kind": "marginals", "src": plots.fig_to_data_uri(marginals), "alt": alt, "caption": caption})
+    else:
+        note = f"A grid over {len(axes)} axes is shown as a table of its points (no figure)."
+    sentence = "No grid point has results yet."
+    if best is not None:
+        ties = (", tied with " + ", ".join(f"({_point_text(p)})" for p in best["tie_points"])
+                if best["tie_points"] else "")
+        sentence = (f"Best point: {_point_text(best['point'])} (variant {best['variant']}{ties}), mean final test "
+                    f"accuracy {_ci_text(best['mean'], best['ci_low'], best['ci_high'], best['n'])}.")
+        sentence += _baseline_comparison(best, baseline, "point")[0]
+    headers = ["Variant", *names, "n", "Final test acc", "95% CI", "CI overlaps baseline", "Mark"]
+    rows, classes = [], []
+    for _, r in cells.iterrows():
+        is_best = best is not None and r["variant"] == best["variant"]
+        rows.append([r["variant"], *(_fmt_value(r[n]) for n in names), str(int(r["n"])), fmt(r["mean"]),
+                     fmt_range(r["ci_low"], r["ci_high"]), _overlap_cell(r, b), "best" if is_best else ""])
+        classes.append("grid-best-cell" if is_best else "")
+    if b is not None:
+        rows.append([baseline, *(DASH for _ in names), str(int(b["n"])), fmt(b["mean"]),
+                     fmt_range(b["ci_low"], b["ci_high"]), DASH, "baseline"])
+        classes.append("grid-baseline")
+    return {
+        "id": slug(f"{i}-{name}-{grid['id']}", "grid"), "grid_id": grid["id"], "title": title, "kind": "axes",
+        "param": ", ".join(names), "base": grid["base"], "baseline": baseline, "best": best, "sentence": sentence,
+        "axes": [{"name": a["name"], "label": labels[a["name"]],
+                  "values_text": ", ".join(_fmt_value(v) for v in a["values"])} for a in axes],
+        "figures": figures, "note": note,
+        "table": {"headers": headers, "rows": rows, "row_classes": classes},
+    }
+
+
 def variants_view(study: dict, order: list) -> list[dict]:
     """The study's variants: name, layers as text, training overrides as text, and the grids it is a point of."""
     in_grids = {}
     for grid in study["grids"]:
-        for v, value in zip(grid_variant_names(grid), grid["values"]):
-            in_grids.setdefault(v, []).append(f"{grid['id']}: {grid['param']} = {_fmt_value(value)}")
+        for v, point in zip(grid_variant_names(grid), grid_point_values(grid)):
+            in_grids.setdefault(v, []).append(f"{grid['id']}: {_point_text(point)}")
     out = []
     for v in order:
         layers, training = _variant_layers_training(study, v)

@@ -16,6 +16,7 @@ import torch
 
 from reglab.contract import HISTORY_METRICS
 from reglab.module import ReplicaClassifier
+from reglab.replicas import batch_spec, plan_models
 
 BOUNDARY_GRID = 80  # points per axis of the decision-boundary grid
 BOUNDARY_MARGIN = 0.25
@@ -91,9 +92,9 @@ def make_trainer(accelerator: str) -> pl.Trainer:
     )
 
 
-def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu") -> TrainResult:
-    """Train the variant ``spec`` on ``data`` once per seed (all seeds as replicas of one model)."""
-    configure_process(threads)
+def fit_model(spec: dict, data: dict, seeds: list[int], accelerator: str = "cpu") -> TrainResult:
+    """Train one model: replica r is ``spec`` (a :func:`reglab.replicas.batch_spec`, whose varying
+    hyperparameters hold one value per replica) with seed ``seeds[r]``."""
     pl.seed_everything(int(seeds[0]), workers=True, verbose=False)
     module = ReplicaClassifier(spec, seeds, data)
     trainer = make_trainer(accelerator)
@@ -130,3 +131,60 @@ def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerato
         threads=torch.get_num_threads(),
         accelerator=str(module.device.type),
     )
+
+
+def _share(result: TrainResult, rows: list[int]) -> TrainResult:
+    """The replicas ``rows`` of a model's result, with the model's times shared out by replica count."""
+    part = len(rows) / len(result.seeds)
+    return dataclasses.replace(
+        result,
+        seeds=[result.seeds[r] for r in rows],
+        history={m: v[:, rows] for m, v in result.history.items()},
+        epoch_time_s=result.epoch_time_s * part,
+        final={m: v[rows] for m, v in result.final.items()},
+        diverged_epoch=result.diverged_epoch[rows],
+        prob=None if result.prob is None else result.prob[rows],
+        fit_time_s=result.fit_time_s * part,
+    )
+
+
+def _join(parts: list[TrainResult]) -> TrainResult:
+    """One variant's result from its shares of several models (replicas in order, times added)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return dataclasses.replace(
+        first,
+        seeds=[s for p in parts for s in p.seeds],
+        history={m: np.concatenate([p.history[m] for p in parts], axis=1) for m in first.history},
+        epoch_time_s=sum(p.epoch_time_s for p in parts),
+        final={m: np.concatenate([p.final[m] for p in parts]) for m in first.final},
+        diverged_epoch=np.concatenate([p.diverged_epoch for p in parts]),
+        prob=None if first.prob is None else np.concatenate([p.prob for p in parts]),
+        fit_time_s=sum(p.fit_time_s for p in parts),
+        peak_rss_mb=max(p.peak_rss_mb for p in parts),
+    )
+
+
+def train_points(specs: list[dict], data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu",
+                 max_replicas: int | None = None) -> list[TrainResult]:
+    """Train every variant of ``specs`` (a pack: a grid's points, say) on ``data`` once per seed.
+
+    Variants that differ only in per-replica hyperparameters train together as the replicas of one
+    model (:func:`reglab.replicas.plan_models`; at most ``max_replicas`` per model); replica (p, s)
+    trains exactly as variant p alone with seed s would. Returns one result per spec, its replicas
+    in seed order; each model's wall times are shared out among its variants by replica count.
+    """
+    configure_process(threads)
+    shares: list[list[TrainResult]] = [[] for _ in specs]
+    for model in plan_models(specs, seeds, max_replicas):
+        points = [p for p, _ in model.replicas]
+        result = fit_model(batch_spec([specs[p] for p in points]), data, [s for _, s in model.replicas], accelerator)
+        for p in model.points:
+            shares[p].append(_share(result, [r for r, q in enumerate(points) if q == p]))
+    return [_join(parts) for parts in shares]
+
+
+def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu") -> TrainResult:
+    """Train the variant ``spec`` on ``data`` once per seed (all seeds as replicas of one model)."""
+    return train_points([spec], data, seeds, threads, accelerator)[0]

@@ -17,8 +17,9 @@ rule train:
         gpu=train_gpus,
     params:
         seeds=train_seeds,
+        max_replicas=train_max_replicas,
         accelerator=config["accelerator"],
     shell:
         "python -m reglab train --spec-file {input.specs:q} --dataset {input.dataset:q}"
-        " --seeds {params.seeds} --chunk {wildcards.chunk} --threads {threads}"
+        " --seeds {params.seeds} --chunk {wildcards.chunk} --threads {threads} --max-replicas {params.max_replicas}"
         " --accelerator {params.accelerator:q} --outdir {output:q} > {log:q} 2>&1"
