@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from reglab import contract
 from reglab.aggregate import ResultsError, aggregate_study

@@ -5,14 +5,14 @@ In CI (``CI=true``), as root with apt-get, the real-SLURM test must run: a skip 
 slurm executor plugin anywhere, fails instead. Elsewhere they skip with the reason."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from ci import in_ci, required_here, skip_unless_required  # tests/ci.py
+import ci as ci_module  # tests/ci.py
+from ci import in_ci, required_here, skip_unless_required
 from workdirs import make_workdir as workdir  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,8 +216,8 @@ def test_the_real_slurm_test_uses_the_decision(monkeypatch, tmp_path, ci, expect
     """The test itself, with a script that skips: fails in CI as root with apt-get, skips elsewhere."""
     module = sys.modules[__name__]
     monkeypatch.setattr(module, "SCRIPT", fake_script(tmp_path / "slurm.sh", SKIPPING))
-    monkeypatch.setattr(module.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(module.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(ci_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(ci_module.shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setenv("CI", ci)
     assert outcome(module.test_workflow_on_a_real_slurm_matches_a_local_run)[0] == expected
 

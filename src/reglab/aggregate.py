@@ -25,7 +25,6 @@ its own names (``reglab.config.study_runs``).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path

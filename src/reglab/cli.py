@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--runs", type=existing_dir, nargs="+", help="run directories")
     what.add_argument("--runs-file", type=existing_file,
-                      help="a JSON file with a list of run directories (the workflow's results/specs/STUDY.runs.json)")
+                      help="a JSON list of run directories, or of {dir, study, variant} to aggregate a run under other "
+                           "names (the workflow's results/specs/STUDY.runs.json)")
     p.add_argument("--outdir", type=Path, required=True, help="directory for the aggregate CSVs")
     p.set_defaults(func=cmd_aggregate)
 

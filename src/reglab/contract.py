@@ -12,6 +12,9 @@ Layout under a results folder (``results/`` by default)::
                                             boundary.npz (2-D binary data only), meta.json
     aggregate/{study}/{name}.csv            per-study tables (:data:`AGGREGATES`)
     config.json                             the validated config the report renders
+    specs/{study}/{pack}.json               the variant specs one pack's training jobs read
+    specs/{study}.runs.json                 the runs a study aggregates: {dir, study, variant}; a
+                                            variant shared with an earlier study lies under that one
 
 The per-seed metrics and the summary table's columns are registries (:data:`METRICS`,
 :data:`SUMMARY`): aggregation computes, statistics test, the report formats and the config schema

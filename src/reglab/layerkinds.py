@@ -44,6 +44,7 @@ torch 2.13 CPU, 1 thread):
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -110,6 +111,15 @@ def _positive(value) -> bool:
 
 
 # ----------------------------------------------------------------------------- builders (torch inside)
+def _options_only(module: str, name: str) -> Callable:
+    """A builder for a layer class that takes only its options (no replica count, no input shape)."""
+
+    def build(replicas: int, shape: Shape, params: dict):
+        return getattr(importlib.import_module(module), name)(**params)
+
+    return build
+
+
 def _build_dense(replicas: int, shape: Shape, params: dict):
     from reglab.layers import Dense
 
@@ -124,46 +134,10 @@ def _build_batch_norm(replicas: int, shape: Shape, params: dict):
     return BatchNorm(replicas, shape[-1], axis=-1, **params)  # vectors, sequences: the last axis
 
 
-def _build_dropout(replicas: int, shape: Shape, params: dict):
-    from reglab.layers import Dropout
-
-    return Dropout(**params)
-
-
-def _build_gaussian_noise(replicas: int, shape: Shape, params: dict):
-    from reglab.layers import GaussianNoise
-
-    return GaussianNoise(**params)
-
-
-def _build_activation(replicas: int, shape: Shape, params: dict):
-    from reglab.layers import Activation
-
-    return Activation(**params)
-
-
 def _build_conv2d(replicas: int, shape: Shape, params: dict):
     from reglab.conv import Conv2D
 
     return Conv2D(replicas, shape[0], **params)
-
-
-def _build_max_pooling2d(replicas: int, shape: Shape, params: dict):
-    from reglab.conv import MaxPooling2D
-
-    return MaxPooling2D(**params)
-
-
-def _build_flatten(replicas: int, shape: Shape, params: dict):
-    from reglab.conv import Flatten
-
-    return Flatten(**params)
-
-
-def _build_spatial_dropout2d(replicas: int, shape: Shape, params: dict):
-    from reglab.conv import SpatialDropout2D
-
-    return SpatialDropout2D(**params)
 
 
 def _build_lstm(replicas: int, shape: Shape, params: dict):
@@ -264,7 +238,7 @@ _KINDS = [
             "properties": {"rate": _rate("probability to drop each value")},
         },
         shape_rule=_same,
-        build=_build_dropout,
+        build=_options_only("reglab.layers", "Dropout"),
         replica_options={"rate": None},
     ),
     LayerKind(
@@ -279,7 +253,7 @@ _KINDS = [
             },
         },
         shape_rule=_same,
-        build=_build_gaussian_noise,
+        build=_options_only("reglab.layers", "GaussianNoise"),
         replica_options={"stddev": None},
     ),
     LayerKind(
@@ -294,7 +268,7 @@ _KINDS = [
             },
         },
         shape_rule=_same,
-        build=_build_activation,
+        build=_options_only("reglab.layers", "Activation"),
     ),
     LayerKind(
         name="conv2d",
@@ -338,7 +312,7 @@ _KINDS = [
         },
         rank=3,
         shape_rule=_max_pooling2d_shape,
-        build=_build_max_pooling2d,
+        build=_options_only("reglab.conv", "MaxPooling2D"),
     ),
     LayerKind(
         name="flatten",
@@ -348,7 +322,7 @@ _KINDS = [
             "additionalProperties": False,
         },
         shape_rule=lambda shape, params: (math.prod(shape),),
-        build=_build_flatten,
+        build=_options_only("reglab.conv", "Flatten"),
     ),
     LayerKind(
         name="spatial_dropout2d",
@@ -362,7 +336,7 @@ _KINDS = [
         },
         rank=3,
         shape_rule=_same,
-        build=_build_spatial_dropout2d,
+        build=_options_only("reglab.conv", "SpatialDropout2D"),
         replica_options={"rate": None},
     ),
     LayerKind(
