@@ -74,10 +74,6 @@ class PerReplica:
             self._views[key] = broadcast(getattr(self, attr), like)
         return self._views[key]
 
-    def __float__(self) -> float:
-        if self.values.numel() != 1:
-            raise TypeError("a per-replica hyperparameter with several values has no single value")
-        return float(self.values[0])
 
 
 class Rate(PerReplica):
@@ -110,12 +106,6 @@ def draw_per_replica(like: torch.Tensor, generators: list[torch.Generator], fill
         if every or active.is_active(r):
             getattr(out[r], fill)(generator=gen)
     return out
-
-
-def dropout_mask(like: torch.Tensor, generators: list[torch.Generator], rate) -> torch.Tensor:
-    """An inverted-dropout mask shaped like ``like`` for ``rate`` (a number, per-replica values or a
-    :class:`Rate`); see :meth:`Rate.mask`."""
-    return (rate if isinstance(rate, Rate) else Rate(rate)).mask(like, generators)
 
 
 class RandomDraws(nn.Module):
