@@ -506,6 +506,11 @@ def _cross_reference_errors(config: dict):
         if claim["id"] in seen:
             yield ["claims", i, "id"], f"duplicate claim id {claim['id']!r} (also claims[{seen[claim['id']]}])"
         seen.setdefault(claim["id"], i)
+        if "equivalence" in claim and "direction" in claim:
+            yield (["claims", i, "direction"], "an equivalence claim tests both sides of threshold +- equivalence; "
+                   "give direction or equivalence, not both")
+        elif "equivalence" not in claim and "direction" not in claim:
+            yield ["claims", i], "a claim needs direction (greater or less) or equivalence (a margin > 0)"
         if claim["study"] not in studies:
             yield ["claims", i, "study"], f"unknown study {claim['study']!r} (defined: {', '.join(studies)})"
             continue

@@ -37,7 +37,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from . import contract, plots
 from .aggregate import ResultsError
 from .contract import METRICS, RUNTIME_SUMMARY, SUMMARY
-from .stats import check_claim, compare_published, mean_ci, metric_values
+from .stats import UNDECIDED, adjust_claims, check_claim, compare_published, mean_ci, metric_values
 
 DASH = "\u2013"
 #: third-party variant names (published.yaml ``third_party.{study}``) -> ours in ``{study}_ext``
@@ -287,29 +287,73 @@ def _group_text(res: dict, suffix: str, name: str) -> str:
     return text + (f", never {res[f'never_{suffix}']}" if res["metric"] == "epochs_to_80" else "")
 
 
+CORRECTION_NAMES = {"holm": "Holm\u2013Bonferroni, family-wise error rate",
+                    "bh": "Benjamini\u2013Hochberg, false discovery rate", "none": "no correction"}
+VERDICTS = ("supported", "contradicted", "inconclusive", "equivalent", "not shown equivalent")
+
+
+def _seeds_text(res: dict) -> str:
+    """'needs about N seeds per variant …' for an undecided claim ('' for a decided or untested one)."""
+    if res["verdict"] not in UNDECIDED or not res.get("test"):
+        return ""
+    per = " per variant" if res["compare_to"] else ""
+    what = "show equivalence" if res.get("equivalence") is not None else "decide it"
+    if res.get("seeds_needed") is None:
+        effect = "observed shift (outside \u00b1equivalence)" if res.get("equivalence") is not None else "observed effect"
+        return f"no number of seeds is expected to {what} at this {effect}"
+    text = f"needs about {res['seeds_needed']} seeds{per} to {what} (80% power of a t-test at \u03b1 = {res['alpha']:g})"
+    have = min(res["n_a"], res["n_b"]) if res["compare_to"] else res["n_a"]
+    if res["seeds_needed"] <= have:
+        text += (f"; it already has {have}, so the rank test's resolution or the correction across claims "
+                 "is what keeps it undecided")
+    return text
+
+
 def claim_view(res: dict) -> dict:
-    """Formatted strings for one claim result from :func:`reglab.stats.check_claim`."""
+    """Formatted strings for one claim result from :func:`reglab.stats.check_claim` (or adjust_claims)."""
+    d = METRICS[res["metric"]].digits
+    eq = res.get("equivalence")
     op = ">" if res["direction"] == "greater" else "<"
     if res["compare_to"]:
-        hyp = f"{res['metric']}: {res['variant']} \u2212 {res['compare_to']} {op} {res['threshold']:g}"
+        shift = f"{res['variant']} \u2212 {res['compare_to']}"
+        hyp = f"{res['metric']}: {shift} {op} {res['threshold']:g}"
         groups = [_group_text(res, "a", res["variant"]), _group_text(res, "b", res["compare_to"])]
     else:
-        hyp = f"{res['metric']} of {res['variant']} {op} {res['threshold']:g}"
+        shift = f"{res['metric']} of {res['variant']}"
+        hyp = f"{shift} {op} {res['threshold']:g}"
         groups = [_group_text(res, "a", res["variant"])]
-    test = effect = secondary = ""
+    if eq is not None:
+        centre = f"{shift}" if res["threshold"] == 0 else f"{shift} \u2212 {res['threshold']:g}"
+        hyp = (f"{res['metric']}: " if res["compare_to"] else "") + f"|{centre}| < {eq:g}"
+    correction = CORRECTION_NAMES.get(res.get("correction", "none"), res.get("correction", "none"))
+    p_adj, p_opp_adj = res.get("p_value_adjusted", math.nan), res.get("p_value_opposite_adjusted", math.nan)
+    test = effect = secondary = observed = ""
     if res.get("test"):
-        test = (f"{res['test']}: statistic {fmt(res['statistic'], 2)}, {fmt_p(res['p_value'])} "
-                f"(opposite direction {fmt_p(res['p_value_opposite'])}), \u03b1 = {res['alpha']:g}")
+        if eq is not None:
+            test = (f"{res['test']}: {fmt_p(res['p_value'])} (lower {fmt_p(res['p_lower'])}, upper "
+                    f"{fmt_p(res['p_upper'])}), adjusted {fmt_p(p_adj)} ({correction}), \u03b1 = {res['alpha']:g}")
+        else:
+            test = (f"{res['test']}: statistic {fmt(res['statistic'], 2)}, {fmt_p(res['p_value'])}, adjusted "
+                    f"{fmt_p(p_adj)} (opposite direction {fmt_p(res['p_value_opposite'])}, adjusted "
+                    f"{fmt_p(p_opp_adj)}; {correction}), \u03b1 = {res['alpha']:g}")
         effect = f"{res['effect_size_name']} = {fmt(res['effect_size'], 2)}"
         if "hedges_g" in res:
             effect += f"; Hedges' g = {fmt(res['hedges_g'], 2)}"
         elif "cohens_d" in res:
             effect += f"; Cohen's d = {fmt(res['cohens_d'], 2)}"
-        secondary = f"{res['secondary_test']}: t = {fmt(res['secondary_statistic'], 2)}, {fmt_p(res['secondary_p_value'])}"
+        if res.get("secondary_test"):
+            secondary = f"{res['secondary_test']}: t = {fmt(res['secondary_statistic'], 2)}, {fmt_p(res['secondary_p_value'])}"
+        name = "difference of means" if res["compare_to"] else "mean"
+        minus = f" \u2212 {res['threshold']:g}" if res["threshold"] else ""
+        kind = "Welch " if res["compare_to"] else "t "
+        observed = (f"{name}{minus} = {fmt(res.get('shift'), d)}, 95% {kind}CI "
+                    f"[{fmt(res.get('shift_low'), d)}, {fmt(res.get('shift_high'), d)}]")
     return {**res, "anchor": slug(res["id"], "claim"), "hypothesis": hyp, "groups": groups,
-            "test_text": test, "effect_text": effect, "secondary_text": secondary,
+            "test_text": test, "effect_text": effect, "secondary_text": secondary, "observed_text": observed,
+            "seeds_text": _seeds_text(res), "correction_text": correction,
             "p_text": fmt_p(res["p_value"]), "p_opposite_text": fmt_p(res["p_value_opposite"]),
-            "effect_short": fmt(res["effect_size"], 2)}
+            "p_adjusted_text": fmt_p(p_adj), "p_opposite_adjusted_text": fmt_p(p_opp_adj),
+            "verdict_class": res["verdict"].replace(" ", "-"), "effect_short": fmt(res["effect_size"], 2)}
 
 
 def _value_view(value):
@@ -844,7 +888,9 @@ def render_report(config: dict, results_dir: Path, out_html: Path, provenance: d
     published_path = config["published"]
     published = load_published(published_path)
     aggs = {name: load_aggregates(results_dir, name) for name in config["studies"]}
-    claims = [claim_view(check_claim(claim, aggs[claim["study"]]["per_seed"])) for claim in config["claims"]]
+    correction = config.get("claims_correction", "holm")
+    claims = [claim_view(c) for c in adjust_claims(
+        [check_claim(claim, aggs[claim["study"]]["per_seed"]) for claim in config["claims"]], correction)]
     studies = [study_view(i, name, s, aggs[name], results_dir, published, claims)
                for i, (name, s) in enumerate(config["studies"].items())]
     env = Environment(loader=PackageLoader("reglab"), autoescape=select_autoescape(default=True))
@@ -852,7 +898,8 @@ def render_report(config: dict, results_dir: Path, out_html: Path, provenance: d
         title="reglab: batch normalization, dropout and noise over many seeds",
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         studies=studies, claims=claims,
-        verdict_counts={v: sum(c["verdict"] == v for c in claims) for v in ("supported", "contradicted", "inconclusive")},
+        verdict_counts={v: sum(c["verdict"] == v for c in claims) for v in VERDICTS},
+        correction=CORRECTION_NAMES[correction], correction_key=correction,
         published_path=str(published_path or ""), published_available=published is not None,
         published_sources=_source_hosts((published or {}).get("sources")),
         provenance=[(str(k), _value_view(v)) for k, v in (provenance or {}).items()],

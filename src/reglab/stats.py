@@ -12,6 +12,36 @@ Claims are checked declaratively from their config entry (no claim-specific code
 * ``epochs_to_80`` of a seed that never reached 80% counts as +inf (worse than any epoch) in
   the rank tests; t-tests and means use the seeds that reached it;
 * fewer than 3 values in a group, or no data, gives ``inconclusive`` without a test.
+
+Equivalence claims (``equivalence: delta`` instead of ``direction``) say there is no practical
+difference: ``|D - threshold| < delta`` (two-sample: ``D`` is the difference of the means,
+one-sample: the mean). They are tested with TOST, two one-sided Welch t-tests (one-sample: two
+one-sided one-sample t-tests) of ``D - threshold > -delta`` and ``D - threshold < +delta``; the
+TOST p is the larger of the two. We use t-tests, not rank tests, because the equivalence margin is
+a shift of the *means* in the metric's units, which a rank test does not estimate. ``equivalent``
+when the TOST p is below ``alpha``, else ``not shown equivalent`` (also when too few seeds, or when
+a seed never reached the metric's event, e.g. ``epochs_to_80`` = never: the mean is then unbounded).
+
+Multiple claims (:func:`adjust_claims`, over all claims of a report; :func:`check_claim` alone
+leaves the raw p-values as the adjusted ones): ``claims_correction`` is ``holm`` (Holm-Bonferroni,
+family-wise error rate; the default), ``bh`` (Benjamini-Hochberg, false discovery rate; scipy's
+``false_discovery_control``) or ``none``. Each directional claim has two one-sided p-values; the
+claimed-direction p-values (with the TOST p of the equivalence claims) are corrected as one family
+and the opposite-direction p-values as another, each over the claims that were tested (claims with
+too few seeds have no p and are left out). So the error rate of ``supported``/``equivalent``
+verdicts is controlled at alpha, and that of ``contradicted`` verdicts at alpha, as a single claim
+tests each direction at alpha. Verdicts use the adjusted p-values, each against its claim's alpha.
+
+Effect and power: each tested claim reports the observed shift ``D - threshold`` (two-sample: the
+difference of the means with its Welch 95% CI; one-sample: mean minus threshold with its t CI,
+finite values only) and the seeds per variant a one-sided t-test at the claim's alpha needs for
+80% power if the true shift and sd were the observed ones (:func:`seeds_for_power`: noncentral t,
+equal group sizes, the pooled sd; n increased until the power is reached). For an equivalence
+claim it is the seeds TOST needs (a lower bound of its power: P(both tests reject) >= 1 - P(first
+fails) - P(second fails)) if the true shift were the observed one. A shift of ~0 (or, for
+equivalence, an observed shift outside +-delta) gives None: no number of seeds is expected to
+decide it at that effect. The power is for the uncorrected alpha and the t-test, an approximation
+for the rank tests the verdicts use.
 """
 
 from __future__ import annotations
@@ -26,6 +56,10 @@ from .contract import CLAIM_METRICS, METRICS
 
 MIN_N = 3
 _OPPOSITE = {"greater": "less", "less": "greater"}
+CORRECTIONS = ("holm", "bh", "none")
+POWER = 0.8
+MAX_SEEDS = 100_000  # seeds_for_power gives up (None) beyond this
+UNDECIDED = ("inconclusive", "not shown equivalent")
 
 
 # --------------------------------------------------------------------------- descriptive
@@ -198,6 +232,131 @@ def cohens_d_one_sample(x, mu: float = 0.0) -> float:
     return diff / sd
 
 
+# --------------------------------------------------------------------------- multiple testing
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down; NaN entries stay NaN and are not counted).
+
+    Sorted ascending, the i-th smallest of m gets ``max_{j <= i} min(1, (m - j + 1) p_(j))``.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    running = 0.0
+    for rank, idx in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (scipy's ``false_discovery_control``; NaN stays NaN)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = st.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def adjust_p(p_values, method: str = "holm") -> np.ndarray:
+    """Adjusted p-values by ``method``: holm, bh or none (NaN entries are left out of the family)."""
+    if method == "holm":
+        return holm(p_values)
+    if method == "bh":
+        return benjamini_hochberg(p_values)
+    if method == "none":
+        return np.asarray(p_values, dtype=float).copy()
+    raise ValueError(f"unknown correction {method!r}; expected one of {CORRECTIONS}")
+
+
+# --------------------------------------------------------------------------- equivalence and power
+def tost(a, b=None, delta: float = 0.0, mu: float = 0.0) -> dict:
+    """TOST of ``|mean(a) - mean(b) - mu| < delta`` (Welch) or, without ``b``, ``|mean(a) - mu| < delta``.
+
+    Returns {p_value (the larger one-sided p), p_lower (H0: shift <= -delta), p_upper (H0: shift >= delta)}.
+    """
+    a = _finite(a)
+    if b is None:
+        lower = one_sample_t(a, mu - delta, "greater")["p_value"]
+        upper = one_sample_t(a, mu + delta, "less")["p_value"]
+    else:
+        lower = welch_t(a - mu + delta, b, "greater")["p_value"]
+        upper = welch_t(a - mu - delta, b, "less")["p_value"]
+    return {"p_value": max(lower, upper) if not (math.isnan(lower) or math.isnan(upper)) else math.nan,
+            "p_lower": lower, "p_upper": upper}
+
+
+def shift_ci(a, b=None, mu: float = 0.0, level: float = 0.95) -> dict:
+    """Observed shift (mean(a) - mean(b), or mean(a) without ``b``) minus ``mu``, its t CI (Welch for
+    two samples) and the sd used for power (pooled for two samples), on finite values."""
+    a = _finite(a)
+    out = {"shift": math.nan, "shift_low": math.nan, "shift_high": math.nan, "sd": math.nan}
+    if b is None:
+        if a.size < 2:
+            return out
+        m, lo, hi = mean_ci(a, level)
+        return {"shift": m - mu, "shift_low": lo - mu, "shift_high": hi - mu, "sd": float(a.std(ddof=1))}
+    b = _finite(b)
+    if a.size < 2 or b.size < 2:
+        return out
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    diff = float(a.mean() - b.mean()) - mu
+    pooled = math.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2))
+    if va + vb == 0:
+        return {"shift": diff, "shift_low": diff, "shift_high": diff, "sd": 0.0}
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    half = float(st.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb))
+    return {"shift": diff, "shift_low": diff - half, "shift_high": diff + half, "sd": pooled}
+
+
+def t_power(n, effect: float, alpha: float, two_sample: bool = True, delta: float | None = None):
+    """Power of a one-sided t-test (or, with ``delta``, of TOST, as a lower bound) at ``n`` per group.
+
+    ``effect`` is the true shift in sd units (``delta`` too); two-sample: df = 2n - 2 and noncentrality
+    ``effect * sqrt(n / 2)``; one-sample: df = n - 1 and ``effect * sqrt(n)``.
+    """
+    n = np.asarray(n, dtype=float)
+    df = 2 * n - 2 if two_sample else n - 1
+    scale = np.sqrt(n / 2) if two_sample else np.sqrt(n)
+    crit = st.t.ppf(1 - alpha, df)
+    if delta is None:
+        return st.nct.sf(crit, df, abs(effect) * scale)
+    # P(T_lower > crit and T_upper < -crit) >= P(T_upper < -crit) - P(T_lower <= crit)
+    low = st.nct.cdf(crit, df, (effect + delta) * scale)
+    up = st.nct.cdf(-crit, df, (effect - delta) * scale)
+    return np.clip(up - low, 0.0, 1.0)
+
+
+def seeds_for_power(shift: float, sd: float, alpha: float, power: float = POWER, two_sample: bool = True,
+                    delta: float | None = None) -> int | None:
+    """Smallest n (seeds per variant, >= MIN_N) at which a one-sided t-test at ``alpha`` (with ``delta``:
+    TOST with margin ``delta``) reaches ``power`` when the true shift and sd are ``shift`` and ``sd``.
+
+    None when no number of seeds is expected to decide it: a shift of ~0 (or, with ``delta``, one
+    not inside +-delta), a NaN input, or more than :data:`MAX_SEEDS` needed.
+    """
+    if any(math.isnan(v) for v in (shift, sd)) or sd < 0:
+        return None
+    if delta is not None and abs(shift) >= delta:
+        return None
+    if sd == 0:
+        return MIN_N if (delta is not None or shift != 0) else None
+    effect = shift / sd
+    d = None if delta is None else delta / sd
+    if d is None and abs(effect) < 1e-9:
+        return None
+    lo = MIN_N
+    while lo <= MAX_SEEDS:
+        hi = min(MAX_SEEDS, lo * 4)
+        n = np.arange(lo, hi + 1)
+        hit = np.flatnonzero(t_power(n, effect, alpha, two_sample, d) >= power)
+        if hit.size:
+            return int(n[hit[0]])
+        lo = hi + 1
+    return None
+
+
 # --------------------------------------------------------------------------- claims
 def metric_values(per_seed: pd.DataFrame, study: str | None, variant: str, metric: str) -> np.ndarray:
     """Per-seed values of ``metric`` for one variant; a "never" metric's missing values -> NEVER_VALUE.
@@ -226,8 +385,11 @@ def _describe(x: np.ndarray, suffix: str) -> dict:
     }
 
 
-def _verdict(p_claim: float, p_opposite: float, alpha: float) -> str:
-    """supported / contradicted / inconclusive from the two one-sided p-values."""
+def _verdict(p_claim: float, p_opposite: float, alpha: float, equivalence: bool = False) -> str:
+    """supported / contradicted / inconclusive from the two one-sided p-values; for an equivalence
+    claim equivalent / not shown equivalent from the TOST p (``p_claim``)."""
+    if equivalence:
+        return "equivalent" if p_claim < alpha else "not shown equivalent"
     if p_claim < alpha:
         return "supported"
     if p_opposite < alpha:
@@ -270,12 +432,35 @@ def _one_sample(a: np.ndarray, alt: str, threshold: float) -> dict:
     }
 
 
+def _equivalence(a: np.ndarray, b: np.ndarray | None, delta: float, threshold: float) -> dict:
+    """TOST (Welch two-sample, or one-sample t) of ``|shift - threshold| < delta``."""
+    r = tost(a, b, delta, threshold)
+    both = "two one-sided Welch t-tests" if b is not None else "two one-sided one-sample t-tests"
+    out = {"test": f"TOST ({both})", "statistic": math.nan, "p_value": r["p_value"],
+           "p_value_opposite": math.nan, "p_lower": r["p_lower"], "p_upper": r["p_upper"]}
+    if b is not None:
+        out.update(effect_size_name="Hedges' g", effect_size=hedges_g(a - threshold, b))
+    else:
+        out.update(effect_size_name="Cohen's d", effect_size=cohens_d_one_sample(a, threshold))
+    return out
+
+
 def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
-    """Test one config claim against per-seed results; returns the verdict and its numbers."""
-    metric, alt = claim["metric"], claim["direction"]
+    """Test one config claim against per-seed results; returns the verdict and its numbers.
+
+    Alone it is a family of one: ``p_value_adjusted`` equals ``p_value`` (see :func:`adjust_claims`).
+    """
+    metric, alt = claim["metric"], claim.get("direction")
+    delta = claim.get("equivalence")
     if metric not in CLAIM_METRICS:
         raise ValueError(f"claim {claim.get('id')!r}: unknown metric {metric!r}; expected one of {CLAIM_METRICS}")
-    if alt not in _OPPOSITE:
+    if delta is not None:
+        if alt is not None:
+            raise ValueError(f"claim {claim.get('id')!r}: an equivalence claim has no direction")
+        if not float(delta) > 0:
+            raise ValueError(f"claim {claim.get('id')!r}: equivalence must be > 0, not {delta!r}")
+        delta = float(delta)
+    elif alt not in _OPPOSITE:
         raise ValueError(f"claim {claim.get('id')!r}: direction must be 'greater' or 'less', not {alt!r}")
     threshold = float(claim.get("threshold", 0) or 0)
     alpha = float(claim.get("alpha", 0.05))
@@ -285,17 +470,49 @@ def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
     out = {
         "id": claim.get("id"), "text": claim.get("text", ""), "study": claim.get("study"),
         "variant": claim["variant"], "compare_to": other, "metric": metric, "direction": alt,
-        "threshold": threshold, "alpha": alpha, "kind": "two-sample" if other else "one-sample",
-        "verdict": "inconclusive", "test": None, "statistic": math.nan, "p_value": math.nan,
-        "p_value_opposite": math.nan, "effect_size_name": None, "effect_size": math.nan, "note": "",
+        "equivalence": delta, "threshold": threshold, "alpha": alpha,
+        "kind": "two-sample" if other else "one-sample",
+        "verdict": _verdict(math.nan, math.nan, alpha, delta is not None), "test": None, "statistic": math.nan,
+        "p_value": math.nan, "p_value_opposite": math.nan, "p_value_adjusted": math.nan,
+        "p_value_opposite_adjusted": math.nan, "correction": "none",
+        "effect_size_name": None, "effect_size": math.nan, "note": "",
+        "shift": math.nan, "shift_low": math.nan, "shift_high": math.nan, "sd": math.nan, "seeds_needed": None,
         **_describe(a, "a"), **_describe(b, "b"),
     }
     sizes = [a.size, b.size] if other else [a.size]
     if min(sizes) < MIN_N:
         out["note"] = f"too few seeds for a test (n = {', '.join(map(str, sizes))}; need {MIN_N})"
         return out
-    out.update(_two_sample(a, b, alt, threshold) if other else _one_sample(a, alt, threshold))
-    out["verdict"] = _verdict(out["p_value"], out["p_value_opposite"], alpha)
+    out.update(shift_ci(a, b if other else None, threshold))
+    if delta is not None:
+        if np.isinf(a).any() or np.isinf(b).any():
+            out["note"] = "some seeds never reached it: the mean is unbounded, equivalence cannot be shown"
+            return out
+        out.update(_equivalence(a, b if other else None, delta, threshold))
+    else:
+        out.update(_two_sample(a, b, alt, threshold) if other else _one_sample(a, alt, threshold))
+    out["p_value_adjusted"], out["p_value_opposite_adjusted"] = out["p_value"], out["p_value_opposite"]
+    out["verdict"] = _verdict(out["p_value"], out["p_value_opposite"], alpha, delta is not None)
+    out["seeds_needed"] = seeds_for_power(out["shift"], out["sd"], alpha, two_sample=bool(other), delta=delta)
+    return out
+
+
+def adjust_claims(results: list[dict], method: str = "holm") -> list[dict]:
+    """Correct the p-values of all claims of a report for multiplicity and redo their verdicts.
+
+    ``results`` are :func:`check_claim` results; returns copies with ``p_value_adjusted``,
+    ``p_value_opposite_adjusted``, ``correction`` and the verdict from the adjusted p-values. The
+    claimed-direction (and TOST) p-values are one family, the opposite-direction ones another.
+    """
+    claimed = adjust_p([r["p_value"] for r in results], method)
+    opposite = adjust_p([r["p_value_opposite"] for r in results], method)
+    out = []
+    for r, p, q in zip(results, claimed, opposite):
+        r = {**r, "p_value_adjusted": float(p), "p_value_opposite_adjusted": float(q), "correction": method}
+        if r["test"]:
+            r["verdict"] = _verdict(r["p_value_adjusted"], r["p_value_opposite_adjusted"], r["alpha"],
+                                    r.get("equivalence") is not None)
+        out.append(r)
     return out
 
 
