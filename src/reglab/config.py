@@ -22,6 +22,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from reglab.contract import job_dir
 from reglab.layerkinds import LAYER_KINDS
 from reglab.shapes import ShapeError, dataset_input, head_error, output_shape
 
@@ -616,21 +617,6 @@ def run_owners(config: dict) -> dict[tuple[str, str], tuple[str, str, str]]:
     study's packs in order, as :func:`training_jobs` lists them) trains it; every later listing of
     the same content shares those runs, under its own study and variant name.
     """
-    # the workflow asks once per job (study_packs): remembered for a few configs, by a copy of what
-    # the answer depends on (comparing is ~10x faster than serialising it)
-    basis = [config["studies"], config["datasets"], config["seeds_per_job"]]
-    for snapshot, owners in _OWNERS:
-        if snapshot == basis:
-            return dict(owners)
-    owners = _run_owners(config)
-    _OWNERS[:] = [*_OWNERS[-3:], (copy.deepcopy(basis), owners)]
-    return dict(owners)
-
-
-_OWNERS: list[tuple[list, dict]] = []
-
-
-def _run_owners(config: dict) -> dict[tuple[str, str], tuple[str, str, str]]:
     owners, trained = {}, {}
     for study in config["studies"]:
         for pack, variants in _all_packs(config, study).items():
@@ -680,8 +666,6 @@ def study_runs(config: dict, results: str = "results") -> list[dict]:
     job that trains it: possibly another study's, another pack's and another variant name's),
     ``study`` and ``variant`` the study and variant name it stands for.
     """
-    from reglab import contract
-
     owners = run_owners(config)
     runs = []
     for study in config["studies"]:
@@ -690,7 +674,7 @@ def study_runs(config: dict, results: str = "results") -> list[dict]:
             for k in chunks:
                 for variant in variants:
                     owner_study, owner_pack, owner_variant = owners[(study, variant)]
-                    run_dir = f"{contract.job_dir(results, owner_study, owner_pack, k)}/{owner_variant}"
+                    run_dir = f"{job_dir(results, owner_study, owner_pack, k)}/{owner_variant}"
                     runs.append({"dir": run_dir, "study": study, "variant": variant})
     return runs
 

@@ -33,6 +33,9 @@ except ConfigError as exc:
 RESULTS = "results"
 JOBS = training_jobs(config)
 RUNS = study_runs(config, RESULTS)
+PACKS = {
+    study: study_packs(config, study) for study in config["studies"]
+}  # planned once
 
 
 wildcard_constraints:
@@ -54,7 +57,7 @@ def dataset_spec_json(wildcards):
 
 def train_specs(wildcards):
     """The specs of the pack's variants."""
-    variants = study_packs(config, wildcards.study)[wildcards.pack]
+    variants = PACKS[wildcards.study][wildcards.pack]
     return [variant_spec(config, wildcards.study, v) for v in variants]
 
 
