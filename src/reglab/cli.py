@@ -186,7 +186,9 @@ def cmd_docs(args: argparse.Namespace) -> None:
             raise UsageError(f"{args.out} is not what the schema and the layer registry give: "
                              "run python -m reglab docs")
         return
-    args.out.write_text(text, encoding="utf-8")
+    from reglab.contract import write_text
+
+    write_text(text, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
