@@ -24,7 +24,8 @@ from reglab.config import (
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 EXPECTED_VARIANTS = {
     "batchnorm": ["baseline", "bn_after", "bn_before"],
-    "dropout": ["overfit", "dropout_0.4"],
+    "dropout": ["overfit", "dropout_0.4"]  # and its variance decomposition runs (variance_sources)
+    + [f"{v}--{source}" for v in ("overfit", "dropout_0.4") for source in ("init", "order", "draws", "split", "all")],
     "noise": ["overfit", "input_0.01", "hidden_pre_0.1", "hidden_post_0.1"],
     "batchnorm_ext": ["baseline", "bn_after", "bn_no_affine", "bn_no_momentum", "bn_input"],
     "dropout_ext": ["overfit", "dropout_0.4", "input_dropout_0.2", "dropout_0.4_maxnorm_3"]
@@ -41,7 +42,8 @@ EXPECTED_VARIANTS = {
 N_VARIANTS = sum(map(len, EXPECTED_VARIANTS.values()))
 #: training jobs group a grid's points into one pack named by the grid's id; other variants are packs of their own
 EXPECTED_PACKS = {
-    **{s: [[v] for v in EXPECTED_VARIANTS[s]] for s in ("batchnorm", "dropout", "noise", "batchnorm_ext", "cnn", "rnn")},
+    **{s: [[v] for v in EXPECTED_VARIANTS[s]] for s in ("batchnorm", "noise", "batchnorm_ext", "cnn", "rnn")},
+    "dropout": [["overfit"], ["dropout_0.4"], EXPECTED_VARIANTS["dropout"][2:7], EXPECTED_VARIANTS["dropout"][7:]],
     "dropout_ext": [[f"dropout_{r / 10}" for r in range(10)],
                     [f"dropout_{r}_maxnorm_{m}" for r in (0.2, 0.4, 0.6) for m in (1, 2, 3, 4)],
                     ["overfit"], ["input_dropout_0.2"]],
@@ -93,7 +95,7 @@ def test_shipped_config_yields_expected_jobs(config):
     assert trained == {s: sorted(v for v in vs if (s, v) not in SHARED)  # every variant once, or shared
                        for s, vs in EXPECTED_VARIANTS.items()}
     assert {s: list(config["studies"][s]["variants"]) for s in EXPECTED_VARIANTS} == EXPECTED_VARIANTS
-    assert len(jobs) == N_JOBS == 30 and N_PACKS == 36 and N_VARIANTS == 87 and len(SHARED) == 9
+    assert len(jobs) == N_JOBS == 32 and N_PACKS == 38 and N_VARIANTS == 97 and len(SHARED) == 9
     assert all(j["chunk"] == 0 and j["seeds"] == list(range(10)) for j in jobs)
     assert all(seeds_for(config, s) == list(range(10)) for s in EXPECTED_VARIANTS)
 
@@ -391,10 +393,14 @@ BAD_CONFIGS = {
                         "datasets.digits_1000.params.n_samples:", "greater than the maximum of 1797"),
     "claim with unknown variant": (_set(["claims", 3, "variant"], "dropout_0.9"), "claims[3].variant:",
                                    "unknown variant 'dropout_0.9' in study 'dropout'"),
-    "claim compared to unknown variant": (_set(["claims", 4, "compare_to"], "nope"), "claims[4].compare_to:",
+    "claim compared to unknown variant": (_set(["claims", 2, "compare_to"], "nope"), "claims[2].compare_to:",
                                           "unknown variant 'nope'"),
+    "claim part compared to unknown variant": (_set(["claims", 4, "parts", 1, "compare_to"], "nope"),
+                                               "claims[4].parts[1].compare_to:", "unknown variant 'nope'"),
     "claim with unknown study": (_set(["claims", 0, "study"], "bn"), "claims[0].study:", "unknown study 'bn'"),
-    "claim with unknown metric": (_set(["claims", 0, "metric"], "accuracy"), "claims[0].metric:", "is not one of"),
+    "claim with unknown metric": (_set(["claims", 2, "metric"], "accuracy"), "claims[2].metric:", "is not one of"),
+    "claim part with unknown metric": (_set(["claims", 0, "parts", 0, "metric"], "accuracy"),
+                                       "claims[0].parts[0].metric:", "is not one of"),
     "duplicate claim ids": (_duplicate_claim, "claims[12].id:", "duplicate claim id 'bn_faster' (also claims[0])"),
     # ---- grids, per-variant training overrides and the new layer options (the *_ext studies)
     "grid param the layer lacks": (

@@ -48,10 +48,10 @@ def test_variant_colors_are_okabe_ito_and_stable():
     assert len(set(list(many.values())[:8])) == 8 and many["v8"] == many["v0"]
 
 
-def test_downsample_index_keeps_ends():
-    idx = plots.downsample_index(4000, 400)
+def test_decimate_index_keeps_ends():
+    idx = plots.decimate_index(np.sin(np.arange(4000) / 50), 400)
     assert len(idx) <= 400 and idx[0] == 0 and idx[-1] == 3999 and np.all(np.diff(idx) > 0)
-    assert list(plots.downsample_index(5, 400)) == [0, 1, 2, 3, 4]
+    assert list(plots.decimate_index(np.arange(5.0), 400)) == [0, 1, 2, 3, 4]
 
 
 def test_learning_curves_downsample_long_runs():

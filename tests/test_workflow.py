@@ -1,6 +1,8 @@
 """End-to-end: the Snakemake workflow on the tiny config (slow), and its planning (fast)."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from reglab.config import validate_config
+from test_plan_summary import PLAN, listed_train_jobs
 from workdirs import make_workdir, read_without_timing  # tests/workdirs.py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,8 +142,44 @@ def test_snakemake_report_packages_the_html_report(tiny_run):
 
     with zipfile.ZipFile(tiny_run / "report" / "snakemake.zip") as zf:
         names = zf.namelist()
+        page = zf.read("snakemake/report.html").decode()
+        files = {name: zf.read(name) for name in names if name.startswith("snakemake/data/")}
     assert "snakemake/report.html" in names
     assert any(name.startswith("snakemake/data/") and name.endswith("/index.html") for name in names), names
+
+    def page_json(name):  # the report page's `var <name> = {...};` script
+        script = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', page, re.DOTALL)
+        return json.loads(script.group(1))
+
+    # every study's tables and figures, in the study's category, labelled, their bytes in the zip
+    categories, results = page_json("categories"), page_json("results")
+    for study in tiny_config()["studies"]:
+        tables = {f"results/aggregate/{study}/{name}.csv": {"study": study, "table": f"{name}.csv"}
+                  for name in ("finals", "per_seed", "curves", "summary", "runtime")}
+        figures = {f"results/figures/{study}/{name}.png": {"study": study, "figure": name.replace("_", " ")}
+                   for name in ("learning_curves", "final_accuracy")}
+        assert sorted(categories[study]["Tables"]) == sorted(tables)
+        assert sorted(categories[study]["Figures"]) == sorted(figures)
+        for path, labels in {**tables, **figures}.items():
+            assert results[path]["labels"] == labels
+            assert files["snakemake/" + results[path]["data_uri"]] == (tiny_run / path).read_bytes(), path
+        assert (tiny_run / f"results/figures/{study}/learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_dry_run_estimates_only_the_training_an_edit_reruns(tiny_run, tmp_path):
+    work = make_workdir(tmp_path / "plan")
+    shutil.copytree(tiny_run / "results", work / "results")
+    shutil.copytree(tiny_run / ".snakemake", work / ".snakemake", symlinks=True)
+    shutil.copytree(tiny_run / "report", work / "report")
+    config = tiny_config()
+    config["studies"]["dropout"]["variants"]["dropout_0.4"][2]["dropout"]["rate"] = 0.5
+    (work / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    out = snakemake(work, "-n").stdout
+    jobs = listed_train_jobs(out)  # Snakemake's own listing of the jobs to run, with their resources
+    assert len(jobs) == 2
+    assert {tuple(map(int, line)) for line in PLAN.findall(out)} == {
+        (2, sum(runtime * threads for runtime, threads in jobs), max(runtime for runtime, _ in jobs))}
 
 
 @pytest.mark.slow

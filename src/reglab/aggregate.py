@@ -12,12 +12,17 @@
 * ``summary.csv`` - one row per variant, columns :func:`summary_columns`: counts, the statistics
   that :data:`reglab.contract.SUMMARY` lists, and the job-level epoch times.
 * ``runtime.csv`` - one row per job, columns :data:`RUNTIME_COLUMNS`.
+* ``variance.csv`` - only for a study with variance decomposition runs (runs whose meta.json spec
+  has ``vary``): per variant and source of randomness, the std of final test accuracy over the
+  seeds with its chi-square 95% CI (:func:`variance_table`); a stale one is removed otherwise.
 
 Variants keep the order in which they first appear in ``run_dirs``. A missing, truncated or
 malformed results file raises one :class:`ResultsError` naming the file and the problem; so do a
 ``meta.json`` of another ``schema_version`` than :data:`reglab.contract.SCHEMA_VERSION` and jobs of
 one variant trained from different specs (results of different configs, which must not be mixed:
-the message names both ``meta.json`` files). A run may be shared: the same training (same spec but
+the message names both ``meta.json`` files), and runs trained by different code (their ``code_hash``,
+:func:`reglab.provenance.code_hash`, differs: old results next to results of edited code, or of
+other versions; the message names both). A run may be shared: the same training (same spec but
 for the names, same seeds) serves every study and variant that lists it, each aggregating it under
 its own names (``reglab.config.study_runs``).
 """
@@ -33,8 +38,9 @@ import numpy as np
 import pandas as pd
 
 from . import contract
-from .config import content_spec, spec_hash
-from .stats import std
+from .config import content_spec, spec_hash, variance_run_name
+from .replicas import VARY
+from .stats import std, std_ci
 from .contract import FINAL, HISTORY, HISTORY_COLUMNS, HISTORY_METRICS, META, RUNTIME_SUMMARY, JobSeeds, ResultsError
 
 RUNTIME_COLUMNS = ("study", "variant", "chunk", "n_seeds", "n_epochs", "fit_time_s",
@@ -142,8 +148,9 @@ def _read_meta(path: Path) -> dict:
     for key in ("fit_time_s", "threads"):
         if not isinstance(meta[key], (int, float)) or isinstance(meta[key], bool):
             raise ResultsError(f"{path}: {key!r} must be a number, got {meta[key]!r}")
-    if not isinstance(meta.get("config_hash", ""), str):
-        raise ResultsError(f"{path}: 'config_hash' must be a string, got {meta['config_hash']!r}")
+    for key in ("config_hash", "code_hash"):
+        if not isinstance(meta.get(key, ""), str):
+            raise ResultsError(f"{path}: {key!r} must be a string, got {meta[key]!r}")
     return meta
 
 
@@ -287,6 +294,37 @@ def summary_row(ps: pd.DataFrame, epoch_times: list[tuple[np.ndarray, int]]) -> 
     return row
 
 
+def variance_table(per_seed: pd.DataFrame, sources: dict[str, str]) -> pd.DataFrame:
+    """variance.csv: per variant, the std (ddof 1), its chi-square 95% CI and the mean of final test
+    accuracy over the seeds (diverged ones left out) of the ordinary runs (source ``seeds``: init,
+    order and draws vary, the split is fixed) and of each decomposition run varying one source
+    (``sources``: run name -> the source its spec's ``vary`` names; ``all``: every source, the split
+    too). A run is named :func:`reglab.config.variance_run_name` of its variant; variants keep the
+    order of ``per_seed``, sources that of :data:`reglab.replicas.VARY`."""
+    names = list(dict.fromkeys(per_seed["variant"]))
+    runs: dict[str, dict[str, str]] = {}
+    for run, source in sources.items():
+        suffix = variance_run_name("", source)
+        base = run[:-len(suffix)] if run.endswith(suffix) and len(run) > len(suffix) else run
+        runs.setdefault(base, {})[source] = run
+    position = {base: names.index(base) if base in names else min(names.index(r) for r in by.values())
+                for base, by in runs.items()}
+    rows = []
+    for base in sorted(runs, key=position.get):
+        by = runs[base]
+        pairs = ([("seeds", base)] if base in names else []) + [(s, by[s]) for s in VARY if s in by]
+        for source, run in pairs:
+            ps = per_seed[per_seed["variant"] == run]
+            ok = ps["diverged_epoch"].fillna(0).to_numpy() == 0
+            values = ps.loc[ok, "final_test_acc"].to_numpy(float)
+            values = values[np.isfinite(values)]
+            s, low, high = std_ci(values)
+            rows.append({"study": ps["study"].iloc[0], "variant": base, "source": source, "run": run,
+                         "n": int(values.size), "std": s, "std_ci_low": low, "std_ci_high": high,
+                         "mean": float(values.mean()) if values.size else float("nan")})
+    return pd.DataFrame(rows, columns=list(contract.VARIANCE_COLUMNS))
+
+
 def _trained_from(meta: dict) -> tuple[str, str]:
     """(what, digest) of the config a job was trained from: the hash of the spec its meta.json records,
     without the study and variant names (a shared run was trained under another study's or variant's
@@ -310,6 +348,24 @@ def _check_same_config(seen: dict, run_dir: Path, meta: dict, variant: str | Non
             "(rerun the stale training jobs)")
 
 
+def _check_same_code(first: tuple[Path, str | None] | None, run_dir: Path, meta: dict) -> tuple[Path, str | None]:
+    """Refuse to mix runs trained by different code: ``first`` is (run directory, code_hash) of the
+    study's first run (None for the first run itself); returns it. A meta.json without a code_hash
+    (written before reglab recorded it) counts as a code of its own."""
+    code = meta.get("code_hash")
+    if first is None:
+        return run_dir, code
+    if code != first[1]:
+        def name(digest: str | None) -> str:
+            return "no code_hash (trained before reglab recorded it)" if digest is None else f"code_hash {digest!r}"
+
+        raise ResultsError(
+            f"{run_dir / 'meta.json'}: {name(code)}, but {first[0] / 'meta.json'} has {name(first[1])}: the study "
+            "mixes runs trained by different code or package versions (rerun the training: snakemake reruns "
+            "every training job whose code changed)")
+    return first
+
+
 def _labelled(run) -> tuple[Path, str | None, str | None]:
     """(run directory, study, variant) of a run given as a path (names: its meta.json's) or as a
     mapping {"dir", "study", "variant"} (reglab.contract.read_study_runs)."""
@@ -328,12 +384,17 @@ def aggregate_study(runs: list, outdir: Path) -> None:
     """
     if not runs:
         raise ResultsError(f"{outdir}: no run directories to aggregate")
-    hists, finals, per_seed, runtime, times, hashes = [], [], [], [], {}, {}
+    hists, finals, per_seed, runtime, times, hashes, code = [], [], [], [], {}, {}, None
+    sources = {}  # variance decomposition runs: variant -> the source of randomness it varies
     for run_dir, study, variant in map(_labelled, runs):
         hist, final, meta = load_run(run_dir)
         study = str(meta["study"]) if study is None else study
         variant = str(meta["variant"]) if variant is None else variant
         _check_same_config(hashes, run_dir, meta, variant)
+        code = _check_same_code(code, run_dir, meta)
+        vary = meta["spec"].get("vary") if isinstance(meta.get("spec"), dict) else None
+        if isinstance(vary, dict) and vary.get("source") in VARY:
+            sources[variant] = vary["source"]
         hist, final = hist.assign(study=study, variant=variant), final.assign(study=study, variant=variant)
         n_seeds, chunk = len(meta["seeds"]), int(meta["chunk"])
         ps = seed_metrics(hist, final, meta)
@@ -364,3 +425,8 @@ def aggregate_study(runs: list, outdir: Path) -> None:
     }
     for name in contract.AGGREGATES:
         contract.write_csv(tables[name], Path(outdir) / f"{name}.csv")
+    variance = Path(outdir) / f"{contract.VARIANCE}.csv"
+    if sources:
+        contract.write_csv(variance_table(per_seed_df, sources), variance)
+    else:
+        variance.unlink(missing_ok=True)  # from an earlier config that decomposed this study's variance

@@ -87,10 +87,12 @@ def now() -> str:
 
 
 def cmd_dataset(args: argparse.Namespace) -> None:
-    from reglab.data import make_dataset, save_dataset
+    from reglab.data import DataError, make_dataset, save_dataset
 
     try:
         data = make_dataset(args.spec)
+    except DataError:  # a user's file: its message names the file and the column
+        raise
     except KeyError as exc:
         raise UsageError(f"--spec: not a dataset spec (no key {exc})") from None
     except (TypeError, ValueError) as exc:  # an unknown generator parameter or a bad value
@@ -124,12 +126,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise DataError(f"dataset file {args.dataset}: cannot be read ({exc})") from None
     import numpy as np
 
+    from reglab.provenance import code_hash
     from reglab.results import write_run  # torch and Lightning: only once the inputs are good
     from reglab.train import train_points
 
+    if args.code_hash is not None and args.code_hash != code_hash():  # recorded: this job's own
+        print(f"warning: this job's code hash {code_hash()} is not the workflow's {args.code_hash} (the code or "
+              "versions changed since snakemake started, or the job runs in another environment)", flush=True)
     started = now()  # a pack's variants train together, as replicas of as few models as they allow
     results = train_points(args.spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator,
-                           max_replicas=args.max_replicas)
+                           max_replicas=args.max_replicas, progress_csv=args.progress_csv, log=sys.stdout)
     for spec, result in zip(args.spec, results):
         write_run(args.outdir / spec["variant"], spec, result, args.chunk, started)
         acc = result.final["test_acc"]
@@ -176,6 +182,32 @@ def cmd_report(args: argparse.Namespace) -> None:
     render_report(config, args.results, args.out, provenance=prov)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from reglab.compare import compare, summary_line
+
+    result = compare(args.a, args.b, args.out, delta=args.delta, alpha=args.alpha, out_csv=args.csv)
+    print(f"{summary_line(result)}; wrote {args.out}" + (f" and {args.csv}" if args.csv else ""))
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a finite number > 0")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not < 1")
+    return value
+
+
 def cmd_docs(args: argparse.Namespace) -> None:
     from reglab.configdocs import render
 
@@ -213,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-replicas", type=positive_int, default=None,
                    help="at most this many (variant, seed) replicas in one model (memory); more train in turns")
     p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu")
+    p.add_argument("--code-hash", default=None,
+                   help="the code hash the workflow planned the job with (reglab.provenance.code_hash); a job "
+                        "whose own differs says so in its log. meta.json records the job's own")
+    p.add_argument("--progress-csv", type=Path, default=None,
+                   help="CSV to append each epoch's per-replica metrics to while training (readable mid-run)")
     p.add_argument("--outdir", type=Path, required=True, help="directory for one run directory per variant")
     p.set_defaults(func=cmd_train)
 
@@ -232,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-info", type=Path, default=None, help="JSON with the workflow's command and start time")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="compare two runs' results folders variant by variant (one HTML page)")
+    p.add_argument("a", type=Path, metavar="A", help="the first results folder, e.g. results")
+    p.add_argument("b", type=Path, metavar="B", help="the second results folder, e.g. runs/laptop/results")
+    p.add_argument("--delta", type=positive_float, default=0.01,
+                   help="equivalence margin of the TOST verdict, in accuracy (0.01: one percentage point)")
+    p.add_argument("--alpha", type=probability, default=0.05, help="significance level of the TOST verdict")
+    p.add_argument("--out", type=Path, default=Path("compare.html"), help="HTML file to write")
+    p.add_argument("--csv", type=Path, default=None, help="also write the comparison table as CSV")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("docs", help="write config/README.md from the config schema and the layer registry")
     p.add_argument("--out", type=Path, default=Path("config/README.md"), help="markdown file to write")

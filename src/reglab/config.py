@@ -24,7 +24,8 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from reglab.contract import job_dir
 from reglab.layerkinds import LAYER_KINDS
-from reglab.shapes import ShapeError, dataset_input, head_error, output_shape
+from reglab.replicas import SOURCES
+from reglab.shapes import BUILTIN_GENERATORS, ShapeError, dataset_input, head_error, output_shape
 
 LAYER_TYPES = tuple(LAYER_KINDS)
 
@@ -104,6 +105,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     for study in config["studies"].values():
         study.setdefault("seeds", config["seeds"])
         _split_variant_training(study)
+    _expand_variance_sources(config, source)
     for path, message in _cross_reference_errors(config):
         raise ConfigError(message, path, source)  # the first problem found
     return config
@@ -383,6 +385,70 @@ def _split_variant_training(study: dict) -> None:
                 overrides[name] = variant["training"]
 
 
+def variance_run_name(variant: str, source: str) -> str:
+    """The name of the decomposition run of ``variant`` that varies ``source`` (see
+    :func:`_expand_variance_sources`): ``dropout_0.4--init``."""
+    return f"{variant}--{source}"
+
+
+def variance_pack(variant: str) -> str:
+    """The pack (one training job per chunk of seeds) of a variant's decomposition runs."""
+    return f"{variant}--sources"
+
+
+def grid_only_variants(study: dict) -> set[str]:
+    """The variants of a study that exist only as grid points: one of some grid's ``variants`` and
+    neither the ``base`` nor the ``baseline`` of any grid (reglab.report draws them apart)."""
+    grids = study.get("grids", [])
+    kept = {g.get(k) for g in grids for k in ("base", "baseline")}
+    return {v for g in grids for v in g.get("variants", []) if v not in kept}
+
+
+def _expand_variance_sources(config: dict, source: str) -> None:
+    """Add each study's variance decomposition runs as variants, in place (after the grids, with
+    variants normalised by :func:`_split_variant_training`), recorded in ``variance_runs``.
+
+    ``variance_sources`` (a list of :data:`reglab.replicas.SOURCES`, or true for all of them) asks,
+    for every variant but grid-only points and earlier decomposition runs, one run per source plus
+    one of every source at once (``all``), each a copy of the variant named
+    :func:`variance_run_name`; :func:`variant_spec` gives it ``vary``. Validating a validated config
+    again finds the same runs (``variance_runs``) and changes nothing. A run's name, or its pack's
+    (:func:`variance_pack`), taken by another variant or grid raises one ConfigError.
+    """
+    for study_name, study in config["studies"].items():
+        where = ["studies", study_name]
+        asked = study.get("variance_sources", False)
+        sources = list(SOURCES) if asked is True else [s for s in SOURCES if s in (asked or [])]
+        existing = study.get("variance_runs", {})
+        variants, overrides = study["variants"], study["variant_training"]
+        grid_only = grid_only_variants(study)
+        bases = [v for v in variants if v not in existing and v not in grid_only]
+        expected = {variance_run_name(base, s): {"variant": base, "source": s}
+                    for base in bases for s in ([*sources, "all"] if sources else [])}
+        if existing and existing != expected:
+            raise ConfigError("variance_runs is filled in by validation from variance_sources; leave it out",
+                              [*where, "variance_runs"], source)
+        taken = set(variants) | {g["id"] for g in study.get("grids", [])}
+        for base in dict.fromkeys(run["variant"] for run in expected.values()):
+            if variance_pack(base) in taken:
+                raise ConfigError(f"the training job of variant {base!r}'s variance decomposition would be named "
+                                  f"{variance_pack(base)!r}, which a variant or grid already has: rename it",
+                                  [*where, "variance_sources"], source)
+        for name, run in expected.items():
+            base = run["variant"]
+            if name in variants and name not in existing:
+                raise ConfigError(f"variant {base!r}'s variance decomposition run {name!r} (varying {run['source']}) "
+                                  "has the name of another variant: rename that one", [*where, "variance_sources"],
+                                  source)
+            variants[name] = copy.deepcopy(variants[base])
+            if base in overrides:
+                overrides[name] = copy.deepcopy(overrides[base])
+            else:
+                overrides.pop(name, None)
+        if expected:
+            study["variance_runs"] = expected
+
+
 def _describe(error: ValidationError) -> tuple[list, str]:
     """Key path and a readable message for one schema error."""
     path, schema, instance = list(error.absolute_path), error.schema, error.instance
@@ -415,6 +481,10 @@ def _describe(error: ValidationError) -> tuple[list, str]:
 def _describe_one_of(error: ValidationError) -> tuple[list, str]:
     """Explain a oneOf failure: the branches are told apart by their `name` constant (the optimizer)
     or by their type (a variant: a list of layers or a mapping)."""
+    keys = [branch["required"][0] if "title" in branch and branch.get("required") else None
+            for branch in error.validator_value]
+    if all(keys) and isinstance(error.instance, dict):  # told apart by the key each requires (a dataset)
+        return _describe_keyed_one_of(error, keys)
     names = [branch.get("properties", {}).get("name", {}).get("const") for branch in error.validator_value]
     if not any(names):
         wrong_type = {e.relative_schema_path[0] for e in error.context if e.validator == "type" and not e.path}
@@ -429,6 +499,19 @@ def _describe_one_of(error: ValidationError) -> tuple[list, str]:
         return _describe(best_match(branch_errors))
     what = error.schema.get("title", "name")
     return list(error.absolute_path), f"unknown {what} {name!r} (allowed: {', '.join(map(str, names))})"
+
+
+def _describe_keyed_one_of(error: ValidationError, keys: list[str]) -> tuple[list, str]:
+    """Explain a oneOf failure whose branches (each with a `title`) are told apart by the first key
+    each requires: a dataset's `generator` or `file`."""
+    present = [key for key in keys if key in error.instance]
+    if len(present) == 1:
+        index = keys.index(present[0])
+        return _describe(best_match([e for e in error.context if e.relative_schema_path[0] == index]))
+    what = error.schema.get("title", "entry")
+    if present:
+        return list(error.absolute_path), f"a {what} has {' or '.join(present)}, not both"
+    return list(error.absolute_path), f"a {what} needs {' or '.join(keys)}"
 
 
 def _is_number(text: str) -> bool:
@@ -480,11 +563,7 @@ def _cross_reference_errors(config: dict):
     """Yield (key path, message) for what the schema cannot check: references between sections."""
     datasets, studies = config["datasets"], config["studies"]
     for name, dataset in datasets.items():
-        n_samples = dataset["params"]["n_samples"]
-        if dataset["n_train"] >= n_samples:
-            yield (["datasets", name, "n_train"],
-                   f"n_train ({dataset['n_train']}) must be less than params.n_samples ({n_samples}) "
-                   "so that the test set is not empty")
+        yield from _dataset_errors(name, dataset)
     for name, study in studies.items():
         if study["dataset"] not in datasets:
             yield (["studies", name, "dataset"],
@@ -502,24 +581,68 @@ def _cross_reference_errors(config: dict):
             if grid["id"] in study["variants"] and grid["id"] not in grid["variants"]:
                 yield (["studies", name, "grids", g, "id"],
                        f"grid id {grid['id']!r} is also the name of a variant; grid ids name training jobs")
+    for name, study in studies.items():
+        if isinstance(study["seeds"], dict):
+            from reglab.sequential import Schedule
+
+            try:
+                Schedule.from_config(study["seeds"])
+            except ValueError as exc:
+                yield ["studies", name, "seeds"], str(exc)
     seen = {}
     for i, claim in enumerate(config["claims"]):
         if claim["id"] in seen:
             yield ["claims", i, "id"], f"duplicate claim id {claim['id']!r} (also claims[{seen[claim['id']]}])"
         seen.setdefault(claim["id"], i)
-        if "equivalence" in claim and "direction" in claim:
-            yield (["claims", i, "direction"], "an equivalence claim tests both sides of threshold +- equivalence; "
-                   "give direction or equivalence, not both")
-        elif "equivalence" not in claim and "direction" not in claim:
-            yield ["claims", i], "a claim needs direction (greater or less) or equivalence (a margin > 0)"
+        tests = [(["claims", i, "parts", j], part) for j, part in enumerate(claim["parts"])] \
+            if "parts" in claim else [(["claims", i], claim)]
+        for path, test in tests:
+            given = [key for key in ("direction", "equivalence", "interval") if key in test]
+            if len(given) > 1:
+                yield ([*path, given[1]], f"give one of direction, equivalence and interval, not {' and '.join(given)}")
+            elif not given:
+                yield path, ("a claim needs direction (greater or less), equivalence (a margin > 0) or "
+                             "interval ([low, high])")
+            if "interval" in test and not test["interval"][0] < test["interval"][1]:
+                yield [*path, "interval"], f"interval {test['interval']} must be [low, high] with low < high"
         if claim["study"] not in studies:
             yield ["claims", i, "study"], f"unknown study {claim['study']!r} (defined: {', '.join(studies)})"
             continue
         variants = studies[claim["study"]]["variants"]
-        for key in ("variant", "compare_to"):
-            if key in claim and claim[key] not in variants:
-                yield (["claims", i, key], f"unknown variant {claim[key]!r} in study {claim['study']!r} "
-                       f"(defined: {', '.join(variants)})")
+        for path, test in tests:
+            for key in ("variant", "compare_to"):
+                if key in test and test[key] not in variants:
+                    yield ([*path, key], f"unknown variant {test[key]!r} in study {claim['study']!r} "
+                           f"(defined: {', '.join(variants)})")
+
+
+def _dataset_errors(name: str, dataset: dict):
+    """Yield (key path, message) for a dataset that cannot be made.
+
+    reglab's own generators are checked from their params; any other generator's data are made,
+    and a file is read (once: reglab.data caches them), so that a bad parameter, labels that are not
+    classes or a bad file stop the config here, naming the key (and the file and its column).
+    """
+    where = ["datasets", name]
+    if dataset.get("generator") in BUILTIN_GENERATORS:
+        n_samples = dataset["params"]["n_samples"]
+        if dataset["n_train"] >= n_samples:
+            yield ([*where, "n_train"], f"n_train ({dataset['n_train']}) must be less than params.n_samples "
+                   f"({n_samples}) so that the test set is not empty")
+        return
+    from reglab.data import DataError, dataset_info  # scikit-learn: only for datasets that need it
+
+    try:
+        dataset_info(dataset)
+    except DataError as exc:
+        yield [*where, *exc.key], str(exc)
+
+
+def report_text(config: dict) -> dict[str, str]:
+    """The report's ``title`` and ``intro``: config's ``report`` keys, else the schema's defaults."""
+    defaults = _schema()["properties"]["report"]["properties"]
+    given = config.get("report") or {}
+    return {key: given.get(key, defaults[key]["default"]) for key in ("title", "intro")}
 
 
 def _shape_errors(path: list, layers: list[dict], shape: tuple[int, ...], n_classes: int):
@@ -536,9 +659,20 @@ def _shape_errors(path: list, layers: list[dict], shape: tuple[int, ...], n_clas
         yield [*path, len(layers) - 1], message
 
 
+def seed_schedule(config: dict, study: str):
+    """A sequentially seeded study's :class:`reglab.sequential.Schedule`; None for a fixed number of seeds."""
+    seeds = config["studies"][study]["seeds"]
+    if not isinstance(seeds, dict):
+        return None
+    from reglab.sequential import Schedule
+
+    return Schedule.from_config(seeds)
+
+
 def seeds_for(config: dict, study: str) -> list[int]:
-    """The seeds of a study in a validated config: 0..n-1."""
-    return list(range(config["studies"][study]["seeds"]))
+    """The seeds of a study in a validated config: 0..n-1 (a sequential study: up to its max)."""
+    schedule = seed_schedule(config, study)
+    return list(range(schedule.max if schedule else config["studies"][study]["seeds"]))
 
 
 def variant_spec(config: dict, study: str, variant: str) -> dict:
@@ -547,13 +681,17 @@ def variant_spec(config: dict, study: str, variant: str) -> dict:
     training = copy.deepcopy(entry["training"])
     for key, value in entry.get("variant_training", {}).get(variant, {}).items():
         training[key] = {**training[key], **value} if key == "gradient_noise" else value
-    return copy.deepcopy({
+    spec = {
         "study": study,
         "variant": variant,
         "dataset": {"name": entry["dataset"], **config["datasets"][entry["dataset"]]},
         "training": training,
         "layers": entry["variants"][variant],
-    })
+    }
+    run = entry.get("variance_runs", {}).get(variant)
+    if run is not None:  # a variance decomposition run: the other sources keep the study's first seed
+        spec["vary"] = {"source": run["source"], "fixed_seed": seeds_for(config, study)[0]}
+    return copy.deepcopy(spec)
 
 
 def spec_hash(spec: dict) -> str:
@@ -563,7 +701,12 @@ def spec_hash(spec: dict) -> str:
 
 
 def _chunks(config: dict, study: str) -> list[list[int]]:
-    """A study's seeds split into consecutive chunks of `seeds_per_job` (one chunk when it is null)."""
+    """A study's seeds split into consecutive chunks of `seeds_per_job` (one chunk when it is null); a
+    sequential study's into its looks (chunk k: the seeds look k adds)."""
+    schedule = seed_schedule(config, study)
+    if schedule:
+        bounds = (0, *schedule.looks)
+        return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
     seeds = seeds_for(config, study)
     size = config["seeds_per_job"] or len(seeds)
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
@@ -578,15 +721,19 @@ def chunk_seeds(config: dict, study: str, chunk: int) -> list[int]:
 
 
 def _all_packs(config: dict, study: str) -> dict[str, list[str]]:
-    """Every variant of a study grouped into packs: each grid is a pack named by its id, every other
-    variant a pack of its own, named like it (whether or not another study's job trains it)."""
+    """Every variant of a study grouped into packs: each grid is a pack named by its id, a variant's
+    variance decomposition runs a pack named by :func:`variance_pack`, every other variant a pack of
+    its own, named like it (whether or not another study's job trains it)."""
     entry = config["studies"][study]
     packs, claimed = {}, set()
     for grid in entry.get("grids", []):
         packs[grid["id"]] = [v for v in grid["variants"] if v not in claimed]
         claimed.update(grid["variants"])
+    runs = entry.get("variance_runs", {})
     for variant in entry["variants"]:
-        if variant not in claimed:
+        if variant in runs:  # a variant's decomposition runs: one pack (as replicas of one model)
+            packs.setdefault(variance_pack(runs[variant]["variant"]), []).append(variant)
+        elif variant not in claimed:
             packs[variant] = [variant]
     return {name: variants for name, variants in packs.items() if variants}
 

@@ -175,7 +175,7 @@ class _Walker:
             section.rows.append(Row(f"`{prefix}{tag}`", self.type_of(first), "required",
                                     ", ".join(map(_code, consts)), _describe(first, prefix + tag)))
         for branch in objects:
-            label = f"{tag}: {branch['properties'][tag]['const']}" if tag else qualifier
+            label = f"{tag}: {branch['properties'][tag]['const']}" if tag else branch.get("title", qualifier)
             for child, sub in branch["properties"].items():
                 if child != tag:
                     self.walk(prefix + child, sub, child in branch.get("required", []), section, label)

@@ -10,7 +10,8 @@ Layout under a results folder (``results/`` by default)::
     datasets/{dataset}.npz                  one generated dataset
     runs/{study}/{pack}/chunk{k}/{variant}/ one variant's run: history.csv, final.csv,
                                             boundary.npz (2-D binary data only), meta.json
-    aggregate/{study}/{name}.csv            per-study tables (:data:`AGGREGATES`)
+    aggregate/{study}/{name}.csv            per-study tables (:data:`AGGREGATES`; and :data:`VARIANCE`
+                                            for a study with variance decomposition runs)
     config.json                             the validated config the report renders
     specs/{study}/{pack}.json               the variant specs one pack's training jobs read
     specs/{study}.runs.json                 the runs a study aggregates: {dir, study, variant}; a
@@ -39,6 +40,11 @@ SCHEMA_VERSION = 1
 # --------------------------------------------------------------------------- layout
 HISTORY, FINAL, BOUNDARY, META = "history.csv", "final.csv", "boundary.npz", "meta.json"
 AGGREGATES = ("finals", "per_seed", "curves", "summary", "runtime")
+#: the aggregate table of a study's variance decomposition (written only for a study that has one)
+VARIANCE = "variance"
+#: its columns: per variant and source of randomness (``seeds``: the study's ordinary seeds), the
+#: std (ddof 1) of final test accuracy over the n seeds that did not diverge, its chi-square 95% CI
+VARIANCE_COLUMNS = ("study", "variant", "source", "run", "n", "std", "std_ci_low", "std_ci_high", "mean")
 CONFIG_FILE = "config.json"
 
 
@@ -82,6 +88,11 @@ def pack_specs_path(results: str | os.PathLike, study: str, pack: str) -> str:
 def study_runs_path(results: str | os.PathLike, study: str) -> str:
     """The runs one study's aggregation reads (a JSON list: see :func:`read_study_runs`)."""
     return f"{results}/specs/{study}.runs.json"
+
+
+def sequential_look_dir(results: str | os.PathLike, study: str, look) -> str:
+    """The folder of one look of a sequentially seeded study: its aggregate so far and ``decision.json``."""
+    return f"{results}/sequential/{study}/look{look}"
 
 
 def read_study_runs(path: str | os.PathLike) -> list[dict]:
@@ -157,6 +168,14 @@ def read_validated_config(path: str | os.PathLike) -> tuple[dict, str]:
 def write_json(value, path: str | os.PathLike) -> None:
     """A JSON value, atomically."""
     write_text(json.dumps(value, indent=1), path)
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON value from ``path``; ResultsError naming the file when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot be read as JSON ({exc})") from None
 
 
 def read_json_list(path: str | os.PathLike, what: str) -> list:
@@ -289,11 +308,25 @@ def _volatility(job: JobSeeds) -> np.ndarray:
     return np.abs(np.diff(acc, axis=1)).mean(axis=1)
 
 
+#: the closing share of the epochs over which "late" training metrics are averaged
+LATE_FRACTION = 0.1
+
+
+def _late_train_acc(job: JobSeeds) -> np.ndarray:
+    """Mean over the last :data:`LATE_FRACTION` of the epochs (at least one) of the training accuracy
+    Keras reports while it trains (running, in training mode): what "training accuracy hovers
+    around 70-75%" is about, not the final accuracy in inference mode."""
+    acc = job.history["train_acc"]
+    k = max(1, math.ceil(acc.shape[1] * LATE_FRACTION))
+    return acc[:, -k:].mean(axis=1)
+
+
 _METRICS = (
     Metric("final_test_acc", "Final test acc", lambda j: j.final["test_acc"]),
     Metric("final_train_acc", "Final train acc", lambda j: j.final["train_acc"]),
     Metric("final_train_loss", "Final train loss", lambda j: j.final["train_loss"], better="lower", claimable=False),
     Metric("final_test_loss", "Final test loss", lambda j: j.final["test_loss"], better="lower", claimable=False),
+    Metric("late_train_acc", "Late train acc (running)", _late_train_acc),
     Metric("generalisation_gap", "Gap (train\u2212test)", lambda j: j.final["train_acc"] - j.final["test_acc"],
            better="lower"),
     Metric("epochs_to_80", "Epochs to 80%", _epochs_to, digits=1, better="lower", never=math.inf),
@@ -339,6 +372,9 @@ STATISTICS: dict[str, Statistic] = {
     "ci": Statistic(("ci_low", "ci_high"), lambda x: _stats().mean_ci(x)[1:]),
     "range": Statistic(("min", "max"), lambda x: _stats().value_range(x)),
     "iqm": Statistic(("iqm",), lambda x: (_stats().iqm(x),)),
+    "iqm_ci": Statistic(("iqm", "iqm_ci_low", "iqm_ci_high"),
+                        lambda x: (_stats().iqm(x), *_stats().bootstrap_ci(x, "iqm"))),
+    "boot_ci": Statistic(("boot_ci_low", "boot_ci_high"), lambda x: _stats().bootstrap_ci(x, "mean")),
     "never": Statistic(("never",), lambda x: (float(np.isnan(np.asarray(x, float)).sum()),)),
 }
 
@@ -369,7 +405,8 @@ SUMMARY = (
     Column("final_train_acc", "mean_std"),
     Column("final_test_acc", "mean_std"),
     Column("final_test_acc", "ci", "Test acc 95% CI"),
-    Column("final_test_acc", "iqm", "Test acc IQM"),
+    Column("final_test_acc", "boot_ci", "Test acc 95% bootstrap CI"),
+    Column("final_test_acc", "iqm_ci", "Test acc IQM (95% bootstrap CI)"),
     Column("final_test_acc", "range", "Test min\u2013max"),
     Column("final_train_acc", "range", "Train min\u2013max"),
     Column("generalisation_gap", "mean_std"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,14 +11,21 @@ from torch import nn
 
 from reglab import layers as L
 from reglab.layerkinds import LAYER_KINDS
+from reglab.replicas import seed_label, stream_seed
 from reglab.shapes import output_shape
 
 # Independent random streams derived from each seed.
 STREAM_INIT, STREAM_SHUFFLE, STREAM_NOISE = 0, 1, 2
+#: the source of randomness (reglab.replicas.SOURCES) each stream is
+STREAM_SOURCES = {STREAM_INIT: "init", STREAM_SHUFFLE: "order", STREAM_NOISE: "draws"}
 
 
-def seed_generator(seed: int, stream: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch generator for one seed's random stream (init, shuffle or noise)."""
+def seed_generator(seed: int | Mapping, stream: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch generator for one replica's random stream (init, shuffle or noise).
+
+    ``seed`` is a replica's seed: an int seeds every stream, a mapping of seeds per source
+    (:func:`reglab.replicas.replica_seed`) gives this stream its own."""
+    seed = stream_seed(seed, STREAM_SOURCES[stream])
     state = np.random.SeedSequence([int(seed), stream]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
@@ -38,9 +47,10 @@ class ReplicaNet(nn.Module):
     by the loss (cross-entropy from logits, as Keras computes it) and by :meth:`predict_proba`.
     """
 
-    def __init__(self, layer_specs: list[dict], input_shape: int | tuple[int, ...], seeds: list[int]) -> None:
+    def __init__(self, layer_specs: list[dict], input_shape: int | tuple[int, ...], seeds: list[int | Mapping]) -> None:
         super().__init__()
-        self.seeds = [int(s) for s in seeds]
+        self.replica_seeds = list(seeds)  # ints, or seeds per source (reglab.replicas.replica_seed)
+        self.seeds = [seed_label(s) for s in seeds]
         built, shape = [], (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         for spec in layer_specs:
             layer, shape = build_layer(spec, len(self.seeds), shape)
@@ -65,14 +75,14 @@ class ReplicaNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise every replica's weights from its seed alone (layer by layer, in order)."""
-        gens = [seed_generator(s, STREAM_INIT) for s in self.seeds]
+        gens = [seed_generator(s, STREAM_INIT) for s in self.replica_seeds]
         for module in self.modules():
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters(gens)
 
     def reset_noise(self, device: str | torch.device = "cpu") -> None:
         """Give every stochastic layer the replicas' noise generators (shared, drawn in layer order)."""
-        gens = [seed_generator(s, STREAM_NOISE, device) for s in self.seeds]
+        gens = [seed_generator(s, STREAM_NOISE, device) for s in self.replica_seeds]
         self.noise_generators = gens
         for module in self.modules():
             if isinstance(module, L.RandomDraws):

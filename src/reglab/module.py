@@ -1,14 +1,19 @@
 """The LightningModule that trains S replicas of one variant at once.
 
-One Lightning training step is one Keras epoch for all replicas: each replica walks its own
-shuffled order of the training set in mini-batches (``batch_size``, last partial batch kept), then
-the test set is evaluated in inference mode. The loss is the sum of the replicas' mean losses, so
-each replica's weights receive exactly the gradient of its own independent training.
+One Lightning training step is a block of Keras epochs (about 5% of the schedule: Lightning's
+per-step bookkeeping is then paid 20 times a fit, not once an epoch). In each epoch every replica
+walks its own shuffled order of the training set in mini-batches (``batch_size``, last partial batch
+kept), then the test set is evaluated in inference mode. After each block the module reports to its
+``progress`` callback (:class:`reglab.train.Progress`: the job's log line and per-epoch CSV). The
+loss is the sum of the replicas' mean losses, so each replica's weights receive exactly the gradient
+of its own independent training.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -20,8 +25,9 @@ from reglab.model import STREAM_SHUFFLE, ReplicaNet, seed_generator
 from reglab.optim import make_optimizer
 
 
-def shuffle_orders(seeds: list[int], epochs: int, n: int) -> torch.Tensor:
-    """Each seed's own permutation of ``range(n)`` for every epoch: ``[epochs, S, n]``."""
+def shuffle_orders(seeds: list, epochs: int, n: int) -> torch.Tensor:
+    """Each seed's own permutation of ``range(n)`` for every epoch: ``[epochs, S, n]`` (a replica's
+    seed: an int, or seeds per source whose ``order`` seeds the shuffles)."""
     orders = [
         torch.argsort(torch.rand(epochs, n, generator=seed_generator(s, STREAM_SHUFFLE)), dim=1)
         for s in seeds
@@ -30,14 +36,22 @@ def shuffle_orders(seeds: list[int], epochs: int, n: int) -> torch.Tensor:
 
 
 class ReplicaClassifier(pl.LightningModule):
-    """S replicas of a classifier trained together with Keras' ``fit`` semantics."""
+    """S replicas of a classifier trained together with Keras' ``fit`` semantics.
 
-    def __init__(self, spec: dict, seeds: list[int], data: dict) -> None:
+    ``data`` holds the arrays every replica shares (``x_train`` ``[N, ...]``, ``y_train`` ``[N]``,
+    ``x_test``, ``y_test``) or, with ``data["per_replica"]`` true, each replica's own (``[S, N, ...]``,
+    ``[S, N]``: a variance decomposition's split replicas), gathered per replica in each batch.
+    """
+
+    def __init__(self, spec: dict, seeds: list, data: dict,
+                 progress: Callable[[ReplicaClassifier, int, int], None] | None = None, blocks: int = 20) -> None:
         super().__init__()
+        self.progress = progress
         self.automatic_optimization = False
         self.spec = spec
         training = spec["training"]
         self.epochs = int(training["epochs"])
+        self.block = max(1, math.ceil(self.epochs / blocks))  # epochs per Lightning step
         self.batch_size = int(training["batch_size"])
         self.label_flip = PerReplica(training.get("label_flip", 0.0))
         gradient_noise = training.get("gradient_noise") or {}
@@ -45,14 +59,24 @@ class ReplicaClassifier(pl.LightningModule):
         self.gradient_noise_gamma = float(gradient_noise.get("gamma", 0.55))
         self.updates = 0
         x_train = torch.as_tensor(data["x_train"], dtype=torch.float32)
-        self.net = ReplicaNet(spec["layers"], tuple(x_train.shape[1:]), seeds)
+        per_replica = bool(data.get("per_replica", False))
+        sample_shape = tuple(x_train.shape[2:] if per_replica else x_train.shape[1:])
+        self.net = ReplicaNet(spec["layers"], sample_shape, seeds)
         s = self.net.replicas
         self.register_buffer("x_train", x_train, persistent=False)
         self.register_buffer("y_train", torch.as_tensor(data["y_train"], dtype=torch.float32), persistent=False)
         x_test = torch.as_tensor(data["x_test"], dtype=torch.float32)
-        self.register_buffer("x_test", x_test.expand(s, *x_test.shape).contiguous(), persistent=False)
-        self.register_buffer("y_test", torch.as_tensor(data["y_test"], dtype=torch.float32).expand(s, -1), persistent=False)
-        self.register_buffer("orders", shuffle_orders(seeds, self.epochs, len(x_train)), persistent=False)
+        y_test = torch.as_tensor(data["y_test"], dtype=torch.float32)
+        if per_replica:  # each replica's own data [S, N, ...]: a batch gathers row r of replica r's
+            if x_train.shape[0] != s or x_test.shape[0] != s:
+                raise ValueError(f"per-replica data for {x_train.shape[0]} replicas, but the model has {s}")
+            self.register_buffer("replica_rows", torch.arange(s).unsqueeze(1), persistent=False)
+        else:
+            self.replica_rows = None
+            x_test, y_test = x_test.expand(s, *x_test.shape).contiguous(), y_test.expand(s, -1)
+        self.register_buffer("x_test", x_test, persistent=False)
+        self.register_buffer("y_test", y_test, persistent=False)
+        self.register_buffer("orders", shuffle_orders(seeds, self.epochs, self.y_train.shape[-1]), persistent=False)
         self.history = {m: torch.full((self.epochs, s), float("nan")) for m in HISTORY_METRICS}
         self.epoch_time = torch.full((self.epochs,), float("nan"), dtype=torch.float64)
         # the 1-based epoch at which each replica's training loss stopped being finite; 0 = never
@@ -62,15 +86,25 @@ class ReplicaClassifier(pl.LightningModule):
         return make_optimizer(self.net.parameters(), self.spec["training"]["optimizer"])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(range(self.epochs), batch_size=None, shuffle=False)
+        """The first epoch of each block, in order."""
+        return DataLoader(range(0, self.epochs, self.block), batch_size=None, shuffle=False)
 
     def on_fit_start(self) -> None:
         self.net.reset_noise(self.device)
 
-    def training_step(self, epoch: torch.Tensor, batch_idx: int) -> None:
-        start = time.perf_counter()
-        epoch = int(epoch)
+    def training_step(self, first: torch.Tensor, batch_idx: int) -> None:
+        """Train the block of epochs from ``first``, then report progress."""
+        first = int(first)
+        last = min(first + self.block, self.epochs)
         opt = self.optimizers(use_pl_optimizer=False)
+        for epoch in range(first, last):
+            self.train_epoch(epoch, opt)
+        if self.progress is not None:
+            self.progress(self, first, last)
+
+    def train_epoch(self, epoch: int, opt: torch.optim.Optimizer) -> None:
+        """One Keras epoch of every replica, then its test evaluation; fills row ``epoch`` of the history."""
+        start = time.perf_counter()
         self.net.train()
         order = self.orders[epoch]
         n = order.shape[1]
@@ -79,7 +113,8 @@ class ReplicaClassifier(pl.LightningModule):
         correct = torch.zeros_like(loss_sum)
         for lo in range(0, n, self.batch_size):
             idx = order[:, lo : lo + self.batch_size]
-            xb, yb = self.x_train[idx], targets.gather(1, idx)
+            xb = self.x_train[idx] if self.replica_rows is None else self.x_train[self.replica_rows, idx]
+            yb = targets.gather(1, idx)
             logits = self.net(xb)
             losses = self.net.losses(logits, yb)
             opt.zero_grad(set_to_none=False)

@@ -4,7 +4,9 @@ Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas (no pyplot
 fixed sizes, with the colour-blind-safe Okabe-Ito palette; :func:`variant_colors` gives a
 variant the same colour in every figure of a study. ``curves`` is the wide ``curves.csv`` of
 :mod:`reglab.aggregate` (``variant, epoch, {metric}_mean, {metric}_std``); ``per_seed`` is
-``per_seed.csv``. Long curves are downsampled to at most ``max_points`` epochs for drawing.
+``per_seed.csv``. Long curves are decimated to at most ``max_points`` epochs for drawing only
+(:func:`decimate_index`: each stretch of epochs keeps its lowest and highest mean, so spikes and
+dips stay visible); statistics are never computed from decimated data.
 Metrics may be NaN (a diverged seed's, or every seed's once all diverged): curves skip epochs with
 no finite mean, per-seed plots skip NaN values, and boundaries may hold NaN (drawn blank).
 
@@ -12,6 +14,10 @@ The dataset figure suits the data's shape (:func:`dataset_kind`, :func:`fig_data
 as a scatter, images ``[N, C, H, W]`` as example images per class, sequences ``[N, T, F]`` as a few
 sequences per class overlaid; images and sequences also show the class counts of train and test.
 Labels are class indices (stored as floats), any number of classes.
+
+:func:`fig_to_data_uri` encodes a figure as an optimised palette PNG (:data:`PNG_COLORS` colours,
+no dithering), about a third of matplotlib's RGBA PNG for these plots; figures keep their opaque
+white background, so they read the same on the report's light and dark pages.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
 import matplotlib.patches  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -43,6 +50,8 @@ SPLIT_COLORS = {"train": "#4d4d4d", "test": "#a6a6a6"}
 PROB_CMAP = LinearSegmentedColormap.from_list("reglab_prob", [CLASS_COLORS[0], "#f7f7f7", CLASS_COLORS[1]])
 DPI = 100
 MAX_POINTS = 400
+#: colours of the palette PNG a figure is encoded as (median cut; 256 keeps colour-map gradients smooth)
+PNG_COLORS = 256
 #: most panels side by side in a grid of panels (small multiples, decision boundaries)
 MAX_PANELS_PER_ROW = 3
 #: widest figure in inches (the report shows figures at most about 11.5 in wide at 100 dpi)
@@ -60,15 +69,33 @@ def _label(text) -> str:
     return "\u200b" + text if text.startswith("_") else text
 
 
-def downsample_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
-    """Indices of at most ``max_points`` evenly spaced rows out of ``n`` (first and last kept)."""
+def decimate_index(values, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``values`` (a curve in drawing order) that keep its shape.
+
+    The first and last points are kept; the rest is cut into ``(max_points - 2) // 2`` equal stretches
+    and each keeps the index of its lowest and of its highest value (NaN ignored; an all-NaN stretch
+    keeps its first index), so the global minimum and maximum are always kept. A curve of at most
+    ``max_points`` points is kept whole. For drawing only: every statistic uses all points.
+    """
+    y = np.asarray(values, dtype=float)
+    n = y.size
     if n <= max_points:
         return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+    buckets = max(1, (max_points - 2) // 2)
+    keep = [0, n - 1]
+    for chunk in np.array_split(np.arange(n), buckets):
+        seg = y[chunk]
+        ok = np.isfinite(seg)
+        if not ok.any():
+            keep.append(int(chunk[0]))
+            continue
+        masked = np.where(ok, seg, np.nan)
+        keep += [int(chunk[np.nanargmin(masked)]), int(chunk[np.nanargmax(masked)])]
+    return np.unique(keep)
 
 
-def _variant_curve(curves: pd.DataFrame, variant: str, max_points: int) -> pd.DataFrame:
-    """One variant's curve rows, sorted by epoch, epochs without any finite mean dropped, downsampled.
+def _variant_curve(curves: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """One variant's curve rows, sorted by epoch, epochs without any finite mean dropped.
 
     Mean and std columns are made numeric with non-finite values as NaN.
     """
@@ -79,16 +106,21 @@ def _variant_curve(curves: pd.DataFrame, variant: str, max_points: int) -> pd.Da
     means = [col for col in stats if col.endswith("_mean")]
     if means:
         c = c[c[means].notna().any(axis=1)]
-    c = c.sort_values("epoch")
-    return c.iloc[downsample_index(len(c), max_points)]
+    return c.sort_values("epoch")
 
 
-def _band(ax, c: pd.DataFrame, metric: str, color: str, label=None, ls: str = "-") -> None:
-    """Mean line with a +-1 std band (no band where std is undefined); epochs with a NaN mean are skipped."""
+def _band(ax, c: pd.DataFrame, metric: str, color: str, label=None, ls: str = "-",
+          max_points: int = MAX_POINTS) -> None:
+    """Mean line with a +-1 std band (no band where std is undefined); epochs with a NaN mean are skipped.
+
+    At most ``max_points`` epochs are drawn, chosen by :func:`decimate_index` on the mean.
+    """
     ok = np.isfinite(c[f"{metric}_mean"].to_numpy(float))
     x = c["epoch"].to_numpy(float)[ok]
     m = c[f"{metric}_mean"].to_numpy(float)[ok]
     s = np.nan_to_num(c[f"{metric}_std"].to_numpy(float)[ok], nan=0.0, posinf=0.0, neginf=0.0)
+    keep = decimate_index(m, max_points)
+    x, m, s = x[keep], m[keep], s[keep]
     ax.plot(x, m, color=color, lw=1.4, ls=ls, label=label)
     ax.fill_between(x, m - s, m + s, color=color, alpha=0.18, lw=0)
 
@@ -270,10 +302,11 @@ def fig_learning_curves(curves: pd.DataFrame, variants, colors=None, max_points:
     fig = Figure(figsize=(10, 7), dpi=DPI, layout="constrained")
     axes = fig.subplots(2, 2, sharex=True, sharey="row")
     for v in variants:
-        c = _variant_curve(curves, v, max_points)
+        c = _variant_curve(curves, v)
         for r, kind in enumerate(("acc", "loss")):
             for k, split in enumerate(("train", "test")):
-                _band(axes[r, k], c, f"{split}_{kind}", colors[v], label=_label(v) if r == k == 0 else None)
+                _band(axes[r, k], c, f"{split}_{kind}", colors[v], label=_label(v) if r == k == 0 else None,
+                      max_points=max_points)
     for k, split in enumerate(("train", "test")):
         axes[0, k].set_title(f"{split} accuracy")
         axes[1, k].set_title(f"{split} loss")
@@ -293,9 +326,9 @@ def fig_small_multiples(curves: pd.DataFrame, variants, colors=None, max_points:
     colors = colors or variant_colors(variants)
     fig, axes = _grid(len(variants), sharex=True, sharey=True)
     for ax, v in zip(axes, variants):
-        c = _variant_curve(curves, v, max_points)
-        _band(ax, c, "train_acc", colors[v], label="train", ls="--")
-        _band(ax, c, "test_acc", colors[v], label="test")
+        c = _variant_curve(curves, v)
+        _band(ax, c, "train_acc", colors[v], label="train", ls="--", max_points=max_points)
+        _band(ax, c, "test_acc", colors[v], label="test", max_points=max_points)
         ax.axhline(threshold, color="grey", lw=0.8, ls=":")
         ax.set_title(_label(v))
         ax.grid(alpha=0.3)
@@ -570,9 +603,27 @@ def fig_grid_marginals(marginals: pd.DataFrame, xlabels: dict | None = None, col
     return fig
 
 
-def fig_to_data_uri(fig: Figure, dpi: int = DPI) -> str:
-    """The figure as a base64 PNG ``data:`` URI; the figure is closed (cleared) afterwards."""
+def png_bytes(fig: Figure, dpi: int = DPI, colors: int = PNG_COLORS) -> bytes:
+    """The figure as an optimised palette PNG of at most ``colors`` colours (median cut, no dithering).
+
+    Rendered by matplotlib at ``dpi``, flattened onto white (figures are opaque white anyway) and
+    quantised with Pillow: line art and colour maps lose nothing visible and the file shrinks to
+    about a third. The figure is closed (cleared) afterwards.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     fig.clear()  # built without pyplot, so clearing releases it (pyplot holds no reference)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    with Image.open(io.BytesIO(buf.getvalue())) as rendered:
+        rgba = rendered.convert("RGBA")
+    rgb = Image.new("RGB", rgba.size, "white")
+    rgb.paste(rgba, mask=rgba.getchannel("A"))
+    palette = rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def fig_to_data_uri(fig: Figure, dpi: int = DPI) -> str:
+    """The figure as a base64 palette-PNG ``data:`` URI (:func:`png_bytes`); the figure is closed
+    (cleared) afterwards."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi)).decode("ascii")

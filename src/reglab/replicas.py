@@ -7,6 +7,12 @@ training keys in :data:`TRAINING_OPTIONS`) share a *signature*; they train toget
 one model whose varying hyperparameters hold one value per replica (:func:`batch_spec`). Replica
 (variant p, seed s) computes what training variant p alone with seed s computes: its initial
 weights, shuffling and random draws come from seed s alone, its hyperparameters from p.
+
+A replica's seed is an int (every random stream derives from it) or, for the runs of a variance
+decomposition (a spec with ``vary``, see :func:`replica_seed`), a mapping of one seed per source of
+randomness (:data:`SOURCES`): ``init`` (initial weights), ``order`` (the per-epoch shuffles),
+``draws`` (every training-time draw: dropout masks, Gaussian, weight and gradient noise, label
+flips) and ``split`` (the train/test split: None keeps the dataset's own).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
+
+import numpy as np
 
 from reglab.layerkinds import LAYER_KINDS
 
@@ -102,3 +111,52 @@ def plan_models(specs: list[dict], seeds: list[int], max_replicas: int | None = 
         size = len(pairs) if not max_replicas else max(1, int(max_replicas))
         models += [Model(tuple(pairs[i:i + size])) for i in range(0, len(pairs), size)]
     return models
+
+
+# --------------------------------------------------------------------------- seeds per source
+#: the sources of randomness a replica may seed apart (Bouthillier et al. 2021, "Accounting for variance")
+SOURCES = ("init", "order", "draws", "split")
+#: a decomposition run's ``vary``: one of SOURCES, or every source at once (the split too)
+VARY = (*SOURCES, "all")
+#: the stream of a split seed's derived random_state (init, shuffle and noise are 0, 1, 2: reglab.model)
+STREAM_SPLIT = 3
+
+
+def replica_seed(spec: dict, seed: int) -> int | dict:
+    """The seed of replica (``spec``, ``seed``): ``seed`` itself (an int: every stream from it, the
+    dataset's own split), unless ``spec`` is a decomposition run, ``vary: {source, fixed_seed}``: then
+    a mapping ``{seed, init, order, draws, split}`` in which the varied source (every source for
+    ``all``) takes ``seed`` and the others ``fixed_seed`` (the split: None, the dataset's own split).
+    ``seed`` labels the replica in the run's files."""
+    vary = spec.get("vary")
+    if not vary:
+        return int(seed)
+    source, fixed = vary["source"], int(vary["fixed_seed"])
+    if source not in VARY:
+        raise ValueError(f"unknown source of variance {source!r} (known: {', '.join(VARY)})")
+    varied = SOURCES if source == "all" else (source,)
+    streams = {name: int(seed) if name in varied else fixed for name in SOURCES}
+    if "split" not in varied:
+        streams["split"] = None
+    return {"seed": int(seed), **streams}
+
+
+def seed_label(replica: int | Mapping) -> int:
+    """The seed a replica is recorded under: the int itself, or a mapping's ``seed``."""
+    return int(replica["seed"]) if isinstance(replica, Mapping) else int(replica)
+
+
+def stream_seed(replica: int | Mapping, source: str) -> int | None:
+    """The seed of one source of a replica's randomness (see :data:`SOURCES`); an int replica seeds
+    every stream itself and keeps the dataset's split (None)."""
+    if isinstance(replica, Mapping):
+        value = replica[source]
+        return None if value is None else int(value)
+    return None if source == "split" else int(replica)
+
+
+def split_random_state(seed: int) -> int:
+    """The ``random_state`` (0 <= it < 2**31) of the dataset a replica with split seed ``seed`` trains
+    on: the dataset's generator is run again with it (or, without one, the pooled samples re-split)."""
+    state = np.random.SeedSequence([int(seed), STREAM_SPLIT]).generate_state(1, dtype=np.uint32)[0]
+    return int(state) & 0x7FFF_FFFF

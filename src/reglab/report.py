@@ -12,6 +12,11 @@ sequences, any number of classes); the decision-boundary figure is shown only fo
 ``boundary.npz`` files (training writes them for 2-D binary data only), so image and sequence
 studies have none, and a 2-D binary study without them gets a one-line note instead.
 
+Each study's aggregate CSVs (:data:`reglab.contract.AGGREGATES`) can be downloaded from the page:
+they are embedded byte for byte as ``data:text/csv;base64`` links named ``{study}_{name}.csv``
+(:func:`study_downloads`); a file over :data:`MAX_EMBEDDED_CSV_BYTES` (a long run's curves.csv) is
+named with its size and path instead, so the page stays one file of a few MB.
+
 In a study with grids the per-variant figures show only its explicit variants and each grid's
 baseline (:func:`figure_variants` states the rule); grid points are drawn by the grid figures and
 listed in the summary under a collapsed "Grid points (N)". Seeds that diverged (summary.csv's
@@ -21,6 +26,7 @@ out of the figures' means.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -36,6 +42,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from . import contract, plots
 from .aggregate import ResultsError
+from .config import report_text
 from .contract import METRICS, RUNTIME_SUMMARY, SUMMARY
 from .stats import UNDECIDED, adjust_claims, check_claim, compare_published, mean_ci, metric_values
 
@@ -110,6 +117,44 @@ SHOWN_TABLES = ("summary", "per_seed", "curves", "runtime")
 def load_aggregates(results_dir: Path, study: str) -> dict[str, pd.DataFrame]:
     """The aggregate tables the report shows of one study, by name."""
     return {name: _read_table(Path(contract.aggregate_path(results_dir, study, name))) for name in SHOWN_TABLES}
+
+
+#: the order of a study's CSV downloads (then any other aggregate of :data:`reglab.contract.AGGREGATES`)
+DOWNLOAD_ORDER = ("summary", "per_seed", "finals", "runtime", "curves")
+#: an aggregate CSV larger than this is not embedded in the page (its size and path are shown instead)
+MAX_EMBEDDED_CSV_BYTES = 512 * 1024
+
+
+def fmt_bytes(n: int) -> str:
+    """A file size as '812 B', '3.4 KB' or '26.1 MB' (powers of 1024)."""
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.1f} MB"
+
+
+def study_downloads(results_dir: Path, study: str, limit: int | None = None) -> list[dict]:
+    """A study's aggregate CSVs as downloads, in :data:`DOWNLOAD_ORDER`; missing files are skipped.
+
+    Each is ``{name, filename, size, path, href}``: ``filename`` the ``download`` name
+    ``{study}_{name}.csv``, ``href`` the file's exact bytes as a ``data:text/csv;base64`` URI, or None
+    when the file is larger than ``limit`` bytes (default :data:`MAX_EMBEDDED_CSV_BYTES`; the page
+    then names its ``path``).
+    """
+    limit = MAX_EMBEDDED_CSV_BYTES if limit is None else limit
+    names = [n for n in DOWNLOAD_ORDER if n in contract.AGGREGATES]
+    names += [n for n in contract.AGGREGATES if n not in names]
+    out = []
+    for name in names:
+        path = Path(contract.aggregate_path(results_dir, study, name))
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        href = None
+        if size <= limit:
+            href = "data:text/csv;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+        out.append({"name": f"{name}.csv", "filename": f"{study}_{name}.csv", "size": fmt_bytes(size),
+                    "path": str(path), "href": href})
+    return out
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -205,8 +250,10 @@ def _metric_text(values: list, metric: str, stat: str, n: int) -> str:
     one = fmt_time if m.unit == "s" else (lambda x: fmt(x, m.digits))
     if stat == "mean_std":
         return one(values[0]) if _missing(values[1]) else f"{one(values[0])} ± {one(values[1])}"
-    if stat in ("ci", "range"):
+    if stat in ("ci", "boot_ci", "range"):
         return f"{one(values[0])}{DASH}{one(values[1])}"
+    if stat == "iqm_ci":
+        return one(values[0]) if _missing(values[1]) else f"{one(values[0])} ({one(values[1])}{DASH}{one(values[2])})"
     if stat == "never":
         return f"{int(values[0])} / {n}"
     return one(values[0])
@@ -301,7 +348,10 @@ def _seeds_text(res: dict) -> str:
     if res.get("seeds_needed") is None:
         effect = "observed shift (outside \u00b1equivalence)" if res.get("equivalence") is not None else "observed effect"
         return f"no number of seeds is expected to {what} at this {effect}"
-    text = f"needs about {res['seeds_needed']} seeds{per} to {what} (80% power of a t-test at \u03b1 = {res['alpha']:g})"
+    text = f"needs about {res['seeds_needed']} seeds{per} to {what} (80% power of a t-test at \u03b1 = {res['alpha']:g}"
+    if res.get("seeds_needed_mw") is not None:
+        text += f"; of the Mann\u2013Whitney test, resampling the observed seeds: {res['seeds_needed_mw']}"
+    text += ")"
     have = min(res["n_a"], res["n_b"]) if res["compare_to"] else res["n_a"]
     if res["seeds_needed"] <= have:
         text += (f"; it already has {have}, so the rank test's resolution or the correction across claims "
@@ -310,7 +360,10 @@ def _seeds_text(res: dict) -> str:
 
 
 def claim_view(res: dict) -> dict:
-    """Formatted strings for one claim result from :func:`reglab.stats.check_claim` (or adjust_claims)."""
+    """Formatted strings for one claim result from :func:`reglab.stats.check_claim` (or adjust_claims);
+    a claim of several parts also gets each part's view (``parts``) and an overall test text."""
+    if res.get("parts"):
+        return _parts_claim_view(res)
     d = METRICS[res["metric"]].digits
     eq = res.get("equivalence")
     op = ">" if res["direction"] == "greater" else "<"
@@ -339,6 +392,9 @@ def claim_view(res: dict) -> dict:
         effect = f"{res['effect_size_name']} = {fmt(res['effect_size'], 2)}"
         if "hedges_g" in res:
             effect += f"; Hedges' g = {fmt(res['hedges_g'], 2)}"
+        if not _missing(res.get("cles_low", math.nan)):
+            effect += (f"; P({res['variant']} > {res['compare_to']}) = {fmt(res['cles'], 2)}, 95% bootstrap CI "
+                       f"[{fmt(res['cles_low'], 2)}, {fmt(res['cles_high'], 2)}]")
         elif "cohens_d" in res:
             effect += f"; Cohen's d = {fmt(res['cohens_d'], 2)}"
         if res.get("secondary_test"):
@@ -354,6 +410,27 @@ def claim_view(res: dict) -> dict:
             "p_text": fmt_p(res["p_value"]), "p_opposite_text": fmt_p(res["p_value_opposite"]),
             "p_adjusted_text": fmt_p(p_adj), "p_opposite_adjusted_text": fmt_p(p_opp_adj),
             "verdict_class": res["verdict"].replace(" ", "-"), "effect_short": fmt(res["effect_size"], 2)}
+
+
+def _parts_claim_view(res: dict) -> dict:
+    """The view of a claim of several parts (see :func:`reglab.stats.check_claim`)."""
+    parts = [claim_view({**part, "id": f"{res['id']}-part{i + 1}"}) for i, part in enumerate(res["parts"])]
+    correction = CORRECTION_NAMES.get(res.get("correction", "none"), res.get("correction", "none"))
+    p_adj, p_opp_adj = res.get("p_value_adjusted", math.nan), res.get("p_value_opposite_adjusted", math.nan)
+    groups = list(dict.fromkeys(g for part in parts for g in part["groups"]))
+    test = ""
+    if res.get("test"):
+        test = (f"all {len(parts)} parts (intersection-union): {fmt_p(res['p_value'])}, the largest part p, adjusted "
+                f"{fmt_p(p_adj)}; any part against it (the smallest opposite p \u00d7 {len(parts)}): "
+                f"{fmt_p(res['p_value_opposite'])}, adjusted {fmt_p(p_opp_adj)} ({correction}), \u03b1 = {res['alpha']:g}")
+    return {**res, "anchor": slug(res["id"], "claim"), "parts": parts, "kind": f"{len(parts)} parts",
+            "hypothesis": " and ".join(part["hypothesis"] for part in parts), "groups": groups,
+            "test_text": test, "effect_text": "per part, below", "secondary_text": "", "observed_text": "",
+            "seeds_text": _seeds_text({**res, "compare_to": any(p["compare_to"] for p in parts)}),
+            "correction_text": correction, "p_text": fmt_p(res["p_value"]),
+            "p_opposite_text": fmt_p(res["p_value_opposite"]), "p_adjusted_text": fmt_p(p_adj),
+            "p_opposite_adjusted_text": fmt_p(p_opp_adj), "verdict_class": res["verdict"].replace(" ", "-"),
+            "effect_size_name": None, "effect_short": ""}
 
 
 def _value_view(value):
@@ -750,9 +827,10 @@ def figure_variants(study: dict) -> list[str]:
     ``base`` nor the ``baseline`` of any grid; every other variant is *explicit*. A grid point the
     user also wrote explicitly counts as explicit when it is the grid's base (``dropout_0.4`` in
     ``dropout_ext``). Limitation: an explicitly written variant that coincides with a grid point
-    other than the base cannot be told apart and is treated as grid-only.
+    other than the base cannot be told apart and is treated as grid-only. A variance decomposition's
+    runs (``variance_runs``) are drawn nowhere: the "Sources of variance" table shows them.
     """
-    grid_only = grid_only_variants(study)
+    grid_only = grid_only_variants(study) | set(study.get("variance_runs", {}))
     out = [v for v in study["variants"] if v not in grid_only]
     out += [g["baseline"] for g in study["grids"] if g.get("baseline") and g["baseline"] not in out]
     return out
@@ -845,12 +923,94 @@ def boundary_note(data: dict, boundaries: dict) -> str:
     return "No decision-boundary data (boundary.npz) was found for the runs of this study."
 
 
+def sequential_decisions(config: dict, results_dir: Path) -> dict[str, list[dict]]:
+    """study -> the decisions of every look of each sequentially seeded study (:mod:`reglab.looks`)."""
+    from .looks import read_traces
+
+    out = {}
+    for study in config["studies"]:
+        decisions = read_traces(results_dir, study)
+        if decisions:
+            out[study] = decisions
+    return out
+
+
+def sequential_verdicts(results: list[dict], correction: str, decisions: dict[str, list[dict]]) -> list[dict]:
+    """Claims with their verdicts: a sequentially seeded study's claims from their group-sequential
+    test (at alpha / m, m the report's claims: :func:`reglab.looks.sequential_alpha`), the others
+    from ``correction`` across themselves at their share of alpha (their adjusted p times m / their
+    number; the sequential claims and they together keep the family-wise error rate, Bonferroni)."""
+    fixed = [r for r in results if r["study"] not in decisions]
+    scale = len(results) / len(fixed) if fixed else 1.0
+    adjusted = iter(adjust_claims(fixed, correction, scale=scale))
+    out = []
+    for r in results:
+        if r["study"] not in decisions:
+            out.append(next(adjusted))
+            continue
+        trace = decisions[r["study"]][-1]["claims"].get(r["id"])
+        r = {**r, "correction": "group-sequential", "p_value_adjusted": math.nan,
+             "p_value_opposite_adjusted": math.nan}
+        if trace is not None:
+            r.update(verdict="inconclusive" if trace["decision"] == "continue" else trace["decision"],
+                     sequential=sequential_view(trace))
+        out.append(r)
+    return out
+
+
+def sequential_view(trace: dict) -> dict:
+    """A claim's group-sequential test (:class:`reglab.sequential.BoundaryTrace` dict) as text and rows."""
+    looks = trace["looks"]
+    if trace.get("stopped_at"):
+        k = trace["stopped_at"]
+        text = f"{trace['decision']}: stopped at look {k} ({looks[k - 1]} seeds per variant)"
+    else:
+        reached = [n for n, d in zip(looks, trace["decisions"]) if d is not None]
+        text = (f"no boundary crossed in {len(reached)} of {len(looks)} looks "
+                f"({reached[-1] if reached else 0} seeds per variant)")
+    text += (f"; Lan\u2013DeMets O'Brien\u2013Fleming boundaries at \u03b1 = {trace['alpha']:.4g} "
+             f"(the claim's \u03b1 over the report's claims)")
+    rows = [[str(k + 1), str(n), fmt(up, 2), fmt(z, 2) if z is not None else "\u2013", d or "not reached"]
+            for k, (n, up, z, d) in enumerate(zip(looks, trace["upper"], trace["z"], trace["decisions"]))]
+    return {"text": text, "headers": ["Look", "Seeds per variant", "Boundary z", "Observed z", "Decision"],
+            "rows": rows}
+
+
+#: what each row of the "Sources of variance" table varies (variance.csv's ``source``)
+VARIANCE_SOURCES = {
+    "seeds": "ordinary seeds: init + order + draws (the dataset's split)",
+    "init": "initial weights only",
+    "order": "data order only (per-epoch shuffles)",
+    "draws": "training-time draws only (dropout, noise, label flips)",
+    "split": "train/test split only",
+    "all": "all sources, the split too",
+}
+
+
+def variance_view(results_dir: Path, study: str) -> dict | None:
+    """The "Sources of variance of final test accuracy" table from the study's variance.csv (None
+    when the study decomposes no variance): per variant and source, n, the std over seeds and its
+    chi-square 95% CI, the mean."""
+    path = Path(contract.aggregate_path(results_dir, study, contract.VARIANCE))
+    if not path.is_file():
+        return None
+    df = _read_table(path)
+    rows = [[r["variant"], VARIANCE_SOURCES.get(r["source"], r["source"]), fmt(r["n"], 0), fmt(r["std"], 4),
+             fmt_range(r["std_ci_low"], r["std_ci_high"], 4), fmt(r["mean"])] for _, r in df.iterrows()]
+    classes = ["variance-seeds" if r == "seeds" else "" for r in df["source"]]
+    return {"headers": ["Variant", "What varies", "n", "Std of final test acc", "Std 95% CI",
+                        "Mean final test acc"], "rows": rows, "row_classes": classes}
+
+
 def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, published: dict | None,
                claims: list) -> dict:
     """Everything the template shows for one study (``agg``: its :func:`load_aggregates`)."""
     order = [v for v in study["variants"] if v in set(agg["summary"]["variant"])]
     order += [v for v in agg["summary"]["variant"] if v not in order]
     agg["summary"] = agg["summary"].set_index("variant").loc[order].reset_index()
+    decomposition = [v for v in order if v in study.get("variance_runs", {})]  # in the variance table only
+    order = [v for v in order if v not in decomposition]
+    agg["summary"] = agg["summary"][agg["summary"]["variant"].isin(order)].reset_index(drop=True)
     grid_only = grid_only_variants(study)
     shown = [v for v in figure_variants(study) if v in order]
     shown += [v for v in order if v not in shown and v not in grid_only]  # results of variants not in the config
@@ -865,7 +1025,9 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
     summary = agg["summary"]
     return {
         "name": name, "id": slug(f"{i}-{name}", "study"), "title": study["title"],
-        "dataset": study["dataset"], "seeds": study["seeds"], "training": training,
+        "dataset": study["dataset"], "training": training,
+        "seeds": (f"{study['seeds']['start']} to {study['seeds']['max']} (sequential, +{study['seeds']['step']} "
+                  "per look for undecided claims)" if isinstance(study["seeds"], dict) else study["seeds"]),
         "optimizer": ", ".join(f"{k}={v}" for k, v in training["optimizer"].items()),
         "variants": variants_view(study, order),
         "figures": study_figures(name, study, agg, data, boundaries, shown, colors, len(points)),
@@ -878,7 +1040,9 @@ def study_view(i: int, name: str, study: dict, agg: dict, results_dir: Path, pub
                       if (pub is not None and len(pub)) or (tp is not None and len(tp)) else None),
         "third_party_note": third_party_note(third, tp),
         "claims": [c for c in claims if c["study"] == name],
-        "metas": load_metas(results_dir, name, order),
+        "metas": load_metas(results_dir, name, order + decomposition),
+        "downloads": study_downloads(results_dir, name),
+        "variance": variance_view(results_dir, name),
     }
 
 
@@ -889,13 +1053,13 @@ def render_report(config: dict, results_dir: Path, out_html: Path, provenance: d
     published = load_published(published_path)
     aggs = {name: load_aggregates(results_dir, name) for name in config["studies"]}
     correction = config.get("claims_correction", "holm")
-    claims = [claim_view(c) for c in adjust_claims(
-        [check_claim(claim, aggs[claim["study"]]["per_seed"]) for claim in config["claims"]], correction)]
+    checked = [check_claim(claim, aggs[claim["study"]]["per_seed"]) for claim in config["claims"]]
+    claims = [claim_view(c) for c in sequential_verdicts(checked, correction, sequential_decisions(config, results_dir))]
     studies = [study_view(i, name, s, aggs[name], results_dir, published, claims)
                for i, (name, s) in enumerate(config["studies"].items())]
     env = Environment(loader=PackageLoader("reglab"), autoescape=select_autoescape(default=True))
     html = env.get_template("report.html.j2").render(
-        title="reglab: batch normalization, dropout and noise over many seeds",
+        **report_text(config),  # title and intro: config's report keys, else the schema's defaults
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         studies=studies, claims=claims,
         verdict_counts={v: sum(c["verdict"] == v for c in claims) for v in VERDICTS},

@@ -51,6 +51,7 @@ def run_meta(spec: dict, result: TrainResult, chunk: int, started: str) -> dict:
         "chunk": chunk,
         "seeds": result.seeds,
         "config_hash": spec_hash(spec),
+        "code_hash": provenance.code_hash(),
         "spec": spec,
         "fit_time_s": result.fit_time_s,
         "peak_rss_mb": result.peak_rss_mb,

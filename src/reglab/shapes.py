@@ -16,15 +16,37 @@ class ShapeError(ValueError):
     """A layer that cannot take its input's shape."""
 
 
+#: reglab's own generators, whose shape, classes and size follow from their params (no data are made)
+BUILTIN_GENERATORS = ("make_circles", "make_moons", "load_digits", "make_sequences")
+
+
 def dataset_input(dataset: dict) -> tuple[tuple[int, ...], int]:
-    """A dataset entry's per-sample input shape and number of classes."""
-    params = dataset["params"]
-    generator = dataset["generator"]
+    """A dataset entry's per-sample input shape and number of classes.
+
+    Another scikit-learn generator's data are made, a file's read, once (reglab.data.dataset_info).
+    """
+    generator = dataset.get("generator")
     if generator == "load_digits":
         return (1, 8, 8), 10
     if generator == "make_sequences":
+        params = dataset["params"]
         return (params.get("length", 40), 1), params.get("n_classes", 2)
-    return (2,), 2  # make_circles, make_moons
+    if generator in ("make_circles", "make_moons"):
+        return (2,), 2
+    from reglab.data import dataset_info  # scikit-learn: only for datasets that need it
+
+    info = dataset_info(dataset)
+    return info.shape, len(info.classes)
+
+
+def dataset_sizes(dataset: dict) -> tuple[int, int]:
+    """A dataset entry's numbers of training and test samples (see :func:`dataset_input`)."""
+    if dataset.get("generator") in BUILTIN_GENERATORS:
+        return dataset["n_train"], dataset["params"]["n_samples"] - dataset["n_train"]
+    from reglab.data import dataset_info
+
+    info = dataset_info(dataset)
+    return info.n_train, info.n_test
 
 
 def output_shape(kind: str, params: dict, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -60,6 +60,10 @@ CORRECTIONS = ("holm", "bh", "none")
 POWER = 0.8
 MAX_SEEDS = 100_000  # seeds_for_power gives up (None) beyond this
 UNDECIDED = ("inconclusive", "not shown equivalent")
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # bootstrap CIs are deterministic: the same values give the same interval
+MW_POWER_RESAMPLES = 400
+MW_MAX_SEEDS = 200  # the resampling power search gives up (None) beyond this
 
 
 # --------------------------------------------------------------------------- descriptive
@@ -88,6 +92,18 @@ def std(values) -> float:
     return float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
+def std_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Sample standard deviation (ddof 1) of the finite values and its chi-square confidence interval
+    (exact for normal data: (n - 1) s^2 / sigma^2 ~ chi2(n - 1)); NaNs when fewer than 2."""
+    x = _finite(values)
+    if x.size < 2:
+        return (math.nan, math.nan, math.nan)
+    s, df = float(x.std(ddof=1)), x.size - 1
+    low = s * math.sqrt(df / st.chi2.ppf(0.5 + level / 2, df))
+    high = s * math.sqrt(df / st.chi2.ppf(0.5 - level / 2, df))
+    return (s, low, high)
+
+
 def value_range(values) -> tuple[float, float]:
     """(min, max) of the finite values; NaNs when there are none."""
     x = _finite(values)
@@ -99,6 +115,86 @@ def iqm(values) -> float:
     (``scipy.stats.trim_mean(x, 0.25)``, as rliable computes it); NaN when there are none."""
     x = _finite(values)
     return float(st.trim_mean(x, 0.25)) if x.size else math.nan
+
+
+def _iqm_axis(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return st.trim_mean(x, 0.25, axis=axis)
+
+
+_BOOTSTRAP_STATS = {"mean": np.mean, "iqm": _iqm_axis}
+
+
+def bootstrap_ci(values, statistic: str = "mean", level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI (``scipy.stats.bootstrap``, :data:`BOOTSTRAP_RESAMPLES` resamples, a
+    fixed seed) of the ``mean`` or ``iqm`` of the finite values, as rliable reports them; NaNs when
+    fewer than 2 values; a point when all are equal."""
+    x = _finite(values)
+    if x.size < 2:
+        return (math.nan, math.nan)
+    if np.all(x == x[0]):
+        return (float(x[0]), float(x[0]))
+    r = st.bootstrap((x,), _BOOTSTRAP_STATS[statistic], n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=level,
+                     method="percentile", vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return (float(r.confidence_interval.low), float(r.confidence_interval.high))
+
+
+def _cles_axis(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+    gt = (a[..., :, None] > b[..., None, :]).mean(axis=(-1, -2))
+    eq = (a[..., :, None] == b[..., None, :]).mean(axis=(-1, -2))
+    return gt + 0.5 * eq
+
+
+def prob_improvement_ci(a, b, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of P(A > B) + P(A = B)/2 (rliable's probability of improvement),
+    resampling each group independently; ``inf`` ("never") values keep their rank. NaNs when a group
+    has fewer than 2 values."""
+    a = np.asarray(a, float)[~np.isnan(np.asarray(a, float))]
+    b = np.asarray(b, float)[~np.isnan(np.asarray(b, float))]
+    if a.size < 2 or b.size < 2:
+        return (math.nan, math.nan)
+    a, b = _rank_safe(a, b)
+    if np.unique(np.concatenate([a, b])).size == 1:
+        return (0.5, 0.5)
+    r = st.bootstrap((a, b), _cles_axis, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=level,
+                     method="percentile", vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return (float(r.confidence_interval.low), float(r.confidence_interval.high))
+
+
+def mann_whitney_power(a, b, n: int, alpha: float, alternative: str,
+                       resamples: int = MW_POWER_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
+    """Power of a one-sided Mann-Whitney U test at ``alpha`` with ``n`` seeds per variant if the
+    per-seed values were drawn from the observed ones (each group resampled with replacement):
+    the share of ``resamples`` simulated experiments that reject."""
+    ra, rb = _rank_safe(np.asarray(a, float), np.asarray(b, float))
+    rng = np.random.default_rng(seed)
+    xa = rng.choice(ra, size=(resamples, n), replace=True)
+    xb = rng.choice(rb, size=(resamples, n), replace=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = st.mannwhitneyu(xa, xb, alternative=alternative, axis=1, method="asymptotic").pvalue
+    return float(np.mean(np.nan_to_num(p, nan=1.0) < alpha))
+
+
+def mw_seeds_for_power(a, b, alpha: float, alternative: str, power: float = POWER,
+                       max_seeds: int = MW_MAX_SEEDS) -> int | None:
+    """Smallest n (>= MIN_N) at which :func:`mann_whitney_power` reaches ``power`` (Colas et al.'s
+    question, answered for the rank test the verdicts use, by resampling the observed values);
+    None when even ``max_seeds`` does not (or a group has fewer than 2 values). Power grows with n,
+    so a doubling search then bisection finds it."""
+    a = np.asarray(a, float)[~np.isnan(np.asarray(a, float))]
+    b = np.asarray(b, float)[~np.isnan(np.asarray(b, float))]
+    if a.size < 2 or b.size < 2:
+        return None
+    ok = lambda n: mann_whitney_power(a, b, n, alpha, alternative) >= power  # noqa: E731
+    lo, hi = MIN_N - 1, MIN_N
+    while not ok(hi):
+        if hi >= max_seeds:
+            return None
+        lo, hi = hi, min(max_seeds, hi * 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
 def _degenerate_p(diff: float, alternative: str) -> tuple[float, float]:
@@ -409,6 +505,7 @@ def _two_sample(a: np.ndarray, b: np.ndarray, alt: str, threshold: float) -> dic
         "effect_size_name": "rank-biserial r",
         "effect_size": mw["rank_biserial"],
         "cles": mw["cles"],
+        **dict(zip(("cles_low", "cles_high"), prob_improvement_ci(shifted, b))),
         "hedges_g": hedges_g(shifted, b),
         "cohens_d": cohens_d(shifted, b),
         "secondary_test": "Welch t (one-sided)",
@@ -445,8 +542,8 @@ def _equivalence(a: np.ndarray, b: np.ndarray | None, delta: float, threshold: f
     return out
 
 
-def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
-    """Test one config claim against per-seed results; returns the verdict and its numbers.
+def _check_one(claim: dict, per_seed: pd.DataFrame) -> dict:
+    """Test one config claim (a single test) against per-seed results; returns the verdict and its numbers.
 
     Alone it is a family of one: ``p_value_adjusted`` equals ``p_value`` (see :func:`adjust_claims`).
     """
@@ -477,6 +574,7 @@ def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
         "p_value_opposite_adjusted": math.nan, "correction": "none",
         "effect_size_name": None, "effect_size": math.nan, "note": "",
         "shift": math.nan, "shift_low": math.nan, "shift_high": math.nan, "sd": math.nan, "seeds_needed": None,
+        "seeds_needed_mw": None,
         **_describe(a, "a"), **_describe(b, "b"),
     }
     sizes = [a.size, b.size] if other else [a.size]
@@ -494,18 +592,98 @@ def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
     out["p_value_adjusted"], out["p_value_opposite_adjusted"] = out["p_value"], out["p_value_opposite"]
     out["verdict"] = _verdict(out["p_value"], out["p_value_opposite"], alpha, delta is not None)
     out["seeds_needed"] = seeds_for_power(out["shift"], out["sd"], alpha, two_sample=bool(other), delta=delta)
+    if other and delta is None:
+        out["seeds_needed_mw"] = mw_seeds_for_power(a - threshold, b, alpha, alt if out["shift"] * (
+            1 if alt == "greater" else -1) >= 0 else _OPPOSITE[alt])
     return out
 
 
-def adjust_claims(results: list[dict], method: str = "holm") -> list[dict]:
+def _interval_parts(claim: dict) -> list[dict]:
+    """An ``interval: [lo, hi]`` claim as its two one-sided parts: above lo, and below hi."""
+    lo, hi = (float(v) for v in claim["interval"])
+    base = {k: v for k, v in claim.items() if k not in ("interval", "parts", "text", "id")}
+    what = f"{claim['metric']}" + (f" shift over {claim['compare_to']}" if claim.get("compare_to") else "")
+    return [{**base, "id": f"{claim.get('id')}>lo", "text": f"{what} above {lo:g}", "direction": "greater",
+             "threshold": lo},
+            {**base, "id": f"{claim.get('id')}<hi", "text": f"{what} below {hi:g}", "direction": "less",
+             "threshold": hi}]
+
+
+def _expand_parts(claim: dict) -> list[dict]:
+    """The one-test parts of a claim: each of ``parts`` (an ``interval`` part gives two), or the claim."""
+    if "parts" not in claim:
+        return _interval_parts(claim) if "interval" in claim else [claim]
+    out = []
+    for i, part in enumerate(claim["parts"]):
+        part = {"study": claim.get("study"), "alpha": claim.get("alpha", 0.05), **part,
+                "id": f"{claim.get('id')}[{i}]"}
+        if "interval" in part:
+            text = part.get("text", "")
+            out += [{**q, "text": f"{text} ({q['text']})" if text else q["text"]} for q in _interval_parts(part)]
+        else:
+            out.append(part)
+    return out
+
+
+def _against(r: dict) -> bool:
+    """Whether a directional part's observed shift points against its claimed direction."""
+    return r.get("direction") in _OPPOSITE and (r["shift"] < 0 if r["direction"] == "greater" else r["shift"] > 0)
+
+
+def _parts_seeds_needed(results: list[dict], key: str) -> int | None:
+    """Seeds per variant to decide a claim of several parts, if the observed effects were the true
+    ones: a part whose shift points against the claim decides it (contradicted) by itself, the
+    one needing fewest seeds first; otherwise every part must be supported, so the most any needs."""
+    against = [r[key] for r in results if _against(r) and r.get(key) is not None]
+    if against:
+        return min(against)
+    values = [r.get(key) for r in results]
+    return None if None in values else max(values)
+
+
+def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
+    """Test a claim, of one test or of several parts (``parts``, or an ``interval``).
+
+    A claim of several parts is supported when every part is (an intersection-union test: its
+    claimed-direction p is the largest of the parts' p, valid at alpha without correction), and
+    contradicted when any part is contradicted (the parts' opposite-direction p-values,
+    Bonferroni-corrected within the claim: the smallest times the number of parts). Its ``parts``
+    holds each part's own result and verdict (uncorrected).
+    """
+    parts = _expand_parts(claim)
+    if len(parts) == 1 and parts[0] is claim:
+        return _check_one(claim, per_seed)
+    results = [_check_one(part, per_seed) for part in parts]
+    first = results[0]
+    tested = all(r["test"] for r in results)
+    p_claim = max(r["p_value"] for r in results) if tested else math.nan
+    opp = [r["p_value_opposite"] for r in results if not math.isnan(r["p_value_opposite"])]
+    p_opp = min(1.0, min(opp) * len(results)) if opp else math.nan
+    alpha = float(claim.get("alpha", 0.05))
+    needed = {key: _parts_seeds_needed(results, key) for key in ("seeds_needed", "seeds_needed_mw")}
+    out = {
+        **first, "id": claim.get("id"), "text": claim.get("text", ""), "alpha": alpha, "parts": results,
+        "kind": f"{len(results)} parts", "test": "intersection-union of the parts" if tested else None,
+        "p_value": p_claim, "p_value_opposite": p_opp, "p_value_adjusted": p_claim, "p_value_opposite_adjusted": p_opp,
+        "note": "; ".join(f"part {i + 1}: {r['note']}" for i, r in enumerate(results) if r["note"]),
+        **needed,
+    }
+    out["equivalence"] = None
+    out["verdict"] = _verdict(p_claim, p_opp, alpha)  # NaN p (a part untested): inconclusive
+    return out
+
+
+def adjust_claims(results: list[dict], method: str = "holm", scale: float = 1.0) -> list[dict]:
     """Correct the p-values of all claims of a report for multiplicity and redo their verdicts.
 
     ``results`` are :func:`check_claim` results; returns copies with ``p_value_adjusted``,
     ``p_value_opposite_adjusted``, ``correction`` and the verdict from the adjusted p-values. The
     claimed-direction (and TOST) p-values are one family, the opposite-direction ones another.
+    ``scale`` (>= 1) multiplies the adjusted p-values: these claims' share of alpha is 1 / scale
+    (the rest goes to sequentially tested claims, :func:`reglab.looks.sequential_alpha`).
     """
-    claimed = adjust_p([r["p_value"] for r in results], method)
-    opposite = adjust_p([r["p_value_opposite"] for r in results], method)
+    claimed = np.minimum(1.0, adjust_p([r["p_value"] for r in results], method) * scale)
+    opposite = np.minimum(1.0, adjust_p([r["p_value_opposite"] for r in results], method) * scale)
     out = []
     for r, p, q in zip(results, claimed, opposite):
         r = {**r, "p_value_adjusted": float(p), "p_value_opposite_adjusted": float(q), "correction": method}

@@ -9,6 +9,8 @@ import logging
 import resource
 import time
 import warnings
+from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pytorch_lightning as pl
@@ -16,7 +18,7 @@ import torch
 
 from reglab.contract import HISTORY_METRICS
 from reglab.module import ReplicaClassifier
-from reglab.replicas import batch_spec, plan_models
+from reglab.replicas import batch_spec, plan_models, replica_seed, seed_label, split_random_state, stream_seed
 
 BOUNDARY_GRID = 80  # points per axis of the decision-boundary grid
 BOUNDARY_MARGIN = 0.25
@@ -74,11 +76,83 @@ def boundary_grid(data: dict, points: int = BOUNDARY_GRID) -> tuple[np.ndarray, 
     return (np.linspace(lo[0], hi[0], points, dtype=np.float32), np.linspace(lo[1], hi[1], points, dtype=np.float32))
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class Progress:
+    """A training job's live progress: after each block of epochs (about 5% of a model's schedule)
+    one flushed log line (epoch k/E, mean ± std of train and test accuracy over the model's replicas,
+    elapsed time and the job's ETA) and the block's per-epoch, per-replica metrics appended to a CSV
+    that can be read while the job runs. No carriage returns: log files stay line-oriented."""
+
+    COLUMNS = ("model", "variant", "seed", "epoch", *HISTORY_METRICS)
+
+    def __init__(self, work: int, csv_path: str | Path | None = None, stream: TextIO | None = None) -> None:
+        self.work = max(1, int(work))  # replica-epochs the whole job trains
+        self.done = 0
+        self.stream = stream  # None: no log lines
+        self.csv_path = None if csv_path is None else Path(csv_path)
+        self.start = time.perf_counter()
+        self.model = 0
+        self.variants: list[str] = []
+        if self.csv_path is not None:
+            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.csv_path, "w", encoding="utf-8") as fh:  # a log: rewritten by each attempt
+                fh.write(",".join(self.COLUMNS) + "\n")
+
+    def begin_model(self, variants: list[str]) -> None:
+        """The next model starts; ``variants[r]`` names replica r's variant."""
+        self.model += 1
+        self.variants = list(variants)
+
+    def __call__(self, module, first: int, last: int) -> None:
+        """Report the epochs ``first`` to ``last - 1`` that ``module`` (a ReplicaClassifier) just trained."""
+        replicas = module.net.replicas
+        self.done += (last - first) * replicas
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.work - self.done)
+        h = module.history
+        train_acc, test_acc = h["train_acc"][last - 1].numpy(), h["test_acc"][last - 1].numpy()
+        if self.stream is not None:
+            self.stream.write(
+                f"model {self.model} ({replicas} replicas) epoch {last}/{module.epochs}: "
+                f"train acc {_mean_std(train_acc)}, test acc {_mean_std(test_acc)}; "
+                f"{_duration(elapsed)} elapsed, ETA {_duration(eta)}\n")
+            self.stream.flush()
+        if self.csv_path is not None:
+            seeds = module.net.seeds
+            values = {m: h[m][first:last].numpy() for m in HISTORY_METRICS}
+            rows = []
+            for i, epoch in enumerate(range(first + 1, last + 1)):
+                for r in range(replicas):
+                    metrics = ",".join(repr(float(values[m][i, r])) for m in HISTORY_METRICS)
+                    rows.append(f"{self.model},{self.variants[r]},{seeds[r]},{epoch},{metrics}\n")
+            with open(self.csv_path, "a", encoding="utf-8") as fh:
+                fh.writelines(rows)
+                fh.flush()
+
+
+def _mean_std(values: np.ndarray) -> str:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return "nan (all diverged)"
+    return f"{finite.mean():.3f} ± {finite.std():.3f}" + (f" ({values.size - finite.size} diverged)"
+                                                           if finite.size < values.size else "")
+
+
 def make_trainer(accelerator: str) -> pl.Trainer:
     """A quiet, deterministic Lightning trainer running one fit of the whole schedule."""
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*`srun` command is available.*")  # we may run under SLURM, not DDP
+    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")  # Lightning's own use of torch's pytree
     return pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -92,11 +166,51 @@ def make_trainer(accelerator: str) -> pl.Trainer:
     )
 
 
-def fit_model(spec: dict, data: dict, seeds: list[int], accelerator: str = "cpu") -> TrainResult:
+def split_data(dataset: dict, data: dict, seed: int) -> dict:
+    """The train/test split a replica with split seed ``seed`` trains on (a variance decomposition's
+    ``split`` source): the dataset's generator run again with ``random_state``
+    :func:`reglab.replicas.split_random_state` (same n_samples and n_train); a dataset without one
+    (a user's file, a loader or generator without random_state) has its pooled train and test
+    samples (``data``) split again at random, n_train of them to train (stratified when the dataset is)."""
+    state = split_random_state(seed)
+    params = dataset.get("params") or {}
+    if "generator" in dataset and "random_state" in params:
+        from reglab.data import make_dataset
+
+        return dict(make_dataset({**dataset, "params": {**params, "random_state": state}}))
+    from sklearn.model_selection import train_test_split
+
+    x = np.concatenate([data["x_train"], data["x_test"]])
+    y = np.concatenate([data["y_train"], data["y_test"]])
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, train_size=len(data["y_train"]), random_state=state, stratify=y if dataset.get("stratify") else None)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def replica_data(spec: dict, data: dict, seeds: list) -> dict:
+    """What a model's replicas train on: ``data`` itself, shared (no copy), unless a replica has a
+    split seed of its own (:func:`reglab.replicas.stream_seed`); then every replica's own arrays,
+    stacked ``[S, ...]`` and marked ``per_replica`` (the others keep ``data``'s split)."""
+    splits = [stream_seed(s, "split") for s in seeds]
+    if all(split is None for split in splits):
+        return data
+    made = {split: split_data(spec["dataset"], data, split) for split in dict.fromkeys(splits) if split is not None}
+    parts = [data if split is None else made[split] for split in splits]
+    out = {key: np.stack([np.asarray(part[key], dtype=np.float32) for part in parts])
+           for key in ("x_train", "y_train", "x_test", "y_test")}
+    return {**out, "per_replica": True}
+
+
+def fit_model(spec: dict, data: dict, seeds: list, accelerator: str = "cpu",
+              progress: Progress | None = None) -> TrainResult:
     """Train one model: replica r is ``spec`` (a :func:`reglab.replicas.batch_spec`, whose varying
-    hyperparameters hold one value per replica) with seed ``seeds[r]``."""
-    pl.seed_everything(int(seeds[0]), workers=True, verbose=False)
-    module = ReplicaClassifier(spec, seeds, data)
+    hyperparameters hold one value per replica) with seed ``seeds[r]`` (an int, or seeds per source
+    of randomness: :func:`reglab.replicas.replica_seed`); ``progress`` hears of each block of epochs."""
+    labels = [seed_label(s) for s in seeds]
+    pl.seed_everything(labels[0], workers=True, verbose=False)
+    data = replica_data(spec, data, seeds)
+    per_replica = data.get("per_replica", False)
+    module = ReplicaClassifier(spec, seeds, data, progress=progress)
     trainer = make_trainer(accelerator)
     start = time.perf_counter()
     trainer.fit(module)
@@ -106,19 +220,22 @@ def fit_model(spec: dict, data: dict, seeds: list[int], accelerator: str = "cpu"
     for split in ("train", "test"):
         x = torch.as_tensor(data[f"x_{split}"], device=module.device)
         y = torch.as_tensor(data[f"y_{split}"], device=module.device)
-        loss, acc = module.evaluate(x.expand(len(seeds), *x.shape), y.expand(len(seeds), -1))
+        if not per_replica:
+            x, y = x.expand(len(seeds), *x.shape), y.expand(len(seeds), -1)
+        loss, acc = module.evaluate(x, y)
         final[f"{split}_loss"], final[f"{split}_acc"] = loss.cpu().numpy(), acc.cpu().numpy()
     diverged = module.diverged_epoch.numpy()
     for values in final.values():
         values[diverged > 0] = np.nan
     gx = gy = prob = None
-    if data["x_train"].ndim == 2 and data["x_train"].shape[1] == 2 and module.net.binary:
-        gx, gy = boundary_grid(data)  # a decision boundary exists to draw: 2-D inputs, 2 classes
+    sample_shape = data["x_train"].shape[2:] if per_replica else data["x_train"].shape[1:]
+    if sample_shape == (2,) and module.net.binary:  # a decision boundary exists to draw: 2-D inputs, 2 classes
+        gx, gy = boundary_grid({k: data[k].reshape(-1, 2) for k in ("x_train", "x_test")})
         xx, yy = np.meshgrid(gx, gy)
         plane = torch.as_tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), device=module.device)
         prob = module.net.predict_proba(plane).cpu().numpy().reshape(len(seeds), len(gy), len(gx))
     return TrainResult(
-        seeds=[int(s) for s in seeds],
+        seeds=labels,
         history={m: module.history[m].numpy() for m in HISTORY_METRICS},
         epoch_time_s=module.epoch_time.numpy(),
         final=final,
@@ -167,19 +284,26 @@ def _join(parts: list[TrainResult]) -> TrainResult:
 
 
 def train_points(specs: list[dict], data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu",
-                 max_replicas: int | None = None) -> list[TrainResult]:
+                 max_replicas: int | None = None, progress_csv: str | Path | None = None,
+                 log: TextIO | None = None) -> list[TrainResult]:
     """Train every variant of ``specs`` (a pack: a grid's points, say) on ``data`` once per seed.
 
     Variants that differ only in per-replica hyperparameters train together as the replicas of one
     model (:func:`reglab.replicas.plan_models`; at most ``max_replicas`` per model); replica (p, s)
     trains exactly as variant p alone with seed s would. Returns one result per spec, its replicas
     in seed order; each model's wall times are shared out among its variants by replica count.
+    Progress goes to ``log`` (a text stream; None: no lines) and, per epoch and replica, to ``progress_csv``.
     """
     configure_process(threads)
     shares: list[list[TrainResult]] = [[] for _ in specs]
-    for model in plan_models(specs, seeds, max_replicas):
+    models = plan_models(specs, seeds, max_replicas)
+    work = sum(len(m.replicas) * int(specs[m.points[0]]["training"]["epochs"]) for m in models)
+    progress = Progress(work, progress_csv, log)
+    for model in models:
         points = [p for p, _ in model.replicas]
-        result = fit_model(batch_spec([specs[p] for p in points]), data, [s for _, s in model.replicas], accelerator)
+        progress.begin_model([str(specs[p].get("variant", p)) for p in points])
+        seeds = [replica_seed(specs[p], s) for p, s in model.replicas]  # an int, or seeds per source (vary)
+        result = fit_model(batch_spec([specs[p] for p in points]), data, seeds, accelerator, progress)
         for p in model.points:
             shares[p].append(_share(result, [r for r, q in enumerate(points) if q == p]))
     return [_join(parts) for parts in shares]

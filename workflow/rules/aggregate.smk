@@ -4,11 +4,17 @@ rule aggregate:
         runs=study_runs_file,
     output:
         **{
-            name: contract.aggregate_path(RESULTS, "{study}", name)
+            name: report(
+                contract.aggregate_path(RESULTS, "{study}", name),
+                caption="../report/aggregate.rst",
+                category="{study}",
+                subcategory="Tables",
+                labels={"study": "{study}", "table": f"{name}.csv"},
+            )
             for name in contract.AGGREGATES
         },
     log:
-        "logs/aggregate/{study}.log",
+        run_path("logs/aggregate/{study}.log"),
     localrule: True
     conda:
         "../envs/reglab.yaml"

@@ -12,6 +12,7 @@ from reglab import contract
 from reglab.config import (
     ConfigError,
     chunk_seeds,
+    seed_schedule,
     spec_hash,
     study_packs,
     study_runs,
@@ -20,8 +21,9 @@ from reglab.config import (
     variant_spec,
 )
 from reglab.layerkinds import network_cost
+from reglab.provenance import DATA_MODULES, TRAINING_MODULES, code_hash
 from reglab.replicas import plan_models
-from reglab.shapes import dataset_input
+from reglab.shapes import dataset_input, dataset_sizes
 
 SAFE_NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
@@ -30,12 +32,31 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-RESULTS = "results"
+# A named run (config's run_name, e.g. `snakemake --config run_name=laptop`) writes its results,
+# report, logs and benchmarks under runs/<run_name>/, so runs of other configs, versions or machines
+# sit side by side (`python -m reglab compare` compares two); unnamed, they go where they always did.
+RUN_PREFIX = f"runs/{config['run_name']}/" if config.get("run_name") else ""
+
+
+def run_path(path):
+    """``path`` (results/..., report/..., logs/..., benchmarks/...) in this run's folder."""
+    return f"{RUN_PREFIX}{path}"
+
+
+RESULTS = run_path("results")
+REPORT = run_path("report/index.html")
+# The config's hash, recorded in results/config.json and shown in the report: a run's name is not
+# part of it, so two named runs of one config have the same hash.
+CONFIG_HASH = spec_hash({k: v for k, v in config.items() if k != "run_name"})
 JOBS = training_jobs(config)
 RUNS = study_runs(config, RESULTS)
 PACKS = {
     study: study_packs(config, study) for study in config["studies"]
 }  # planned once
+# The hash of the code and versions each kind of job runs (reglab.provenance.code_hash): a param of
+# the rule, so that Snakemake's params trigger (on by default) reruns the jobs whose code changed.
+TRAIN_CODE = code_hash(TRAINING_MODULES)
+DATA_CODE = code_hash(DATA_MODULES)
 
 
 wildcard_constraints:
@@ -43,6 +64,7 @@ wildcard_constraints:
     pack=SAFE_NAME,
     dataset=SAFE_NAME,
     chunk=r"\d+",
+    look=r"\d+",
 
 
 def pack_dir(study, pack, chunk):
@@ -53,6 +75,11 @@ def pack_dir(study, pack, chunk):
 def dataset_spec_json(wildcards):
     """The dataset's config entry, as JSON for the command line."""
     return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
+
+
+def dataset_file(wildcards):
+    """The user's data file a dataset reads (an input: editing it remakes the dataset); none for a generator."""
+    return config["datasets"][wildcards.dataset].get("file", [])
 
 
 def train_specs(wildcards):
@@ -97,7 +124,7 @@ def replica_mb(spec):
     float32, 16 times (the copies alive in the forward and backward passes, with headroom).
     """
     return (
-        spec["dataset"]["params"]["n_samples"]
+        sum(dataset_sizes(spec["dataset"]))
         * variant_cost(spec).activation_floats
         * 4
         * 16
@@ -159,7 +186,7 @@ def train_runtime(wildcards, attempt):
     seconds = 10
     for model in train_models(wildcards):
         spec = specs[model.points[0]]
-        n_train = spec["dataset"]["n_train"]
+        n_train, _ = dataset_sizes(spec["dataset"])
         batch_size = spec["training"]["batch_size"]
         batch = min(batch_size, n_train)
         steps = spec["training"]["epochs"] * -(-n_train // batch_size)
@@ -187,11 +214,107 @@ def study_jobs(study):
     return [j for j in JOBS if pack_dir(j["study"], j["pack"], j["chunk"]) in dirs]
 
 
-def study_pack_dirs(wildcards):
-    """The directories of the training jobs whose runs one study aggregates."""
+def look_job_dirs(study, look, variants):
+    """The training jobs of one look (chunk) of a sequential study that train any of ``variants``."""
+    return sorted(
+        {
+            str(Path(run["dir"]).parent)
+            for run in RUNS
+            if run["study"] == study
+            and run["variant"] in variants
+            and Path(run["dir"]).parent.name == f"chunk{look}"
+        }
+    )
+
+
+def sequential_trail(study, looks=None):
+    """The training job dirs of each look a sequential study runs, up to ``looks`` looks: look 0
+    trains every variant, each later look the variants its previous look's checkpoint left active.
+    """
+    schedule = seed_schedule(config, study)
+    active = set(config["studies"][study]["variants"])
+    trail = []
+    last = schedule.n_looks if looks is None else min(looks, schedule.n_looks)
+    for k in range(last):
+        trail.append(look_job_dirs(study, k, active))
+        if k + 1 == last:
+            break
+        decision = contract.read_json(
+            Path(checkpoints.sequential_look.get(study=study, look=k).output[0])
+            / "decision.json"
+        )
+        if decision["stop"]:
+            break
+        active = set(decision["active"])
+    return trail
+
+
+def sequential_look_dirs(study):
+    """The checkpoint folders of every look a sequential study runs (none for a fixed study)."""
+    if seed_schedule(config, study) is None:
+        return []
     return [
-        pack_dir(j["study"], j["pack"], j["chunk"]) for j in study_jobs(wildcards.study)
+        contract.sequential_look_dir(RESULTS, study, k)
+        for k in range(len(sequential_trail(study)))
     ]
+
+
+def study_look_dirs(wildcards):
+    """The look folders one study's runs file waits for (none for a fixed study)."""
+    return sequential_look_dirs(wildcards.study)
+
+
+def look_inputs(wildcards):
+    """What a look's checkpoint reads: the training jobs of that look and every earlier one."""
+    trail = sequential_trail(wildcards.study, int(wildcards.look) + 1)
+    return [d for dirs in trail for d in dirs]
+
+
+def pack_dirs_of(study):
+    """The directories of the training jobs whose runs a study aggregates (a sequential study:
+    those of the looks it runs, and its look folders)."""
+    if seed_schedule(config, study) is not None:
+        trail = sequential_trail(study)
+        return [d for dirs in trail for d in dirs] + sequential_look_dirs(study)
+    return [pack_dir(j["study"], j["pack"], j["chunk"]) for j in study_jobs(study)]
+
+
+def study_pack_dirs(wildcards):
+    """The inputs of one study's aggregate: :func:`pack_dirs_of` the study."""
+    return pack_dirs_of(wildcards.study)
+
+
+def write_study_runs(study, runs, path, log):
+    """Write the runs file of one study: the runs it aggregates whose training job ran."""
+    runs = ran_runs(study, runs)
+    contract.write_json(runs, path)
+    contract.write_text(f"{len(runs)} run directories\n", log)
+
+
+def write_sequential_look(wildcards, input, output, params, log):
+    """Decide one look of a sequential study (reglab.looks) from the runs its training jobs wrote."""
+    from reglab import looks
+
+    ran = set(input[:-1])
+    runs = [r for r in params.runs if str(Path(r["dir"]).parent) in ran]
+    decision = looks.run_look(
+        config, wildcards.study, int(wildcards.look), runs, output[0]
+    )
+    decided = {claim: trace["decision"] for claim, trace in decision["claims"].items()}
+    contract.write_text(
+        f"look {wildcards.look}: {decision['n']} seeds per variant; {decided}; "
+        f"next: {decision['active'] or 'stop'}\n",
+        log[0],
+    )
+
+
+def ran_runs(study, runs):
+    """Of a study's ``runs``, those whose training job ran (a sequential study's later looks run
+    only for the variants of undecided claims)."""
+    if seed_schedule(config, study) is None:
+        return runs
+    ran = {d for dirs in sequential_trail(study) for d in dirs}
+    return [run for run in runs if str(Path(run["dir"]).parent) in ran]
 
 
 def study_run_dirs(wildcards):
@@ -223,7 +346,8 @@ def report_inputs(wildcards):
         for name in contract.AGGREGATES
     ]
     inputs += [contract.dataset_path(RESULTS, name) for name in used_datasets()]
-    inputs += [pack_dir(j["study"], j["pack"], j["chunk"]) for j in JOBS]
+    for study in config["studies"]:
+        inputs += pack_dirs_of(study)
     inputs += [contract.study_runs_path(RESULTS, study) for study in config["studies"]]
     return inputs
 
@@ -232,7 +356,7 @@ def used_datasets():
     return sorted({study["dataset"] for study in config["studies"].values()})
 
 
-RUN_INFO = "logs/run_info.json"
+RUN_INFO = run_path("logs/run_info.json")
 
 
 onstart:

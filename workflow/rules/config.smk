@@ -7,10 +7,10 @@ rule validated_config:
     output:
         contract.config_path(RESULTS),
     log:
-        "logs/specs/config.log",
+        run_path("logs/specs/config.log"),
     localrule: True
     params:
-        config_hash=spec_hash(config),
+        config_hash=CONFIG_HASH,
     run:
         contract.write_validated_config(config, params.config_hash, output[0])
         contract.write_text(f"validated config {params.config_hash}\n", log[0])
@@ -20,7 +20,7 @@ rule pack_specs:
     output:
         contract.pack_specs_path(RESULTS, "{study}", "{pack}"),
     log:
-        "logs/specs/{study}/{pack}.log",
+        run_path("logs/specs/{study}/{pack}.log"),
     localrule: True
     params:
         spec_hash=pack_spec_hash,
@@ -30,13 +30,14 @@ rule pack_specs:
 
 
 rule study_runs:
+    input:
+        looks=study_look_dirs,
     output:
         contract.study_runs_path(RESULTS, "{study}"),
     log:
-        "logs/specs/{study}.runs.log",
+        run_path("logs/specs/{study}.runs.log"),
     localrule: True
     params:
         runs=study_run_dirs,
     run:
-        contract.write_json(params.runs, output[0])
-        contract.write_text(f"{len(params.runs)} run directories\n", log[0])
+        write_study_runs(wildcards.study, params.runs, output[0], log[0])

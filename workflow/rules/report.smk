@@ -5,12 +5,12 @@ rule report:
         published=config["published"],
     output:
         report(
-            "report/index.html",
+            REPORT,
             caption="../report/index.rst",
             category="Report",
         ),
     log:
-        "logs/report.log",
+        run_path("logs/report.log"),
     localrule: True
     conda:
         "../envs/reglab.yaml"
@@ -20,3 +20,28 @@ rule report:
     shell:
         "python -m reglab report --config {input.config:q} --results {params.results:q}"
         " --run-info {params.run_info:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule study_figures:
+    input:
+        config=contract.config_path(RESULTS),
+        curves=contract.aggregate_path(RESULTS, "{study}", "curves"),
+        per_seed=contract.aggregate_path(RESULTS, "{study}", "per_seed"),
+    output:
+        **{
+            name: report(
+                study_figure_path("{study}", name),
+                caption=caption,
+                category="{study}",
+                subcategory="Figures",
+                labels={"study": "{study}", "figure": name.replace("_", " ")},
+            )
+            for name, caption in STUDY_FIGURES.items()
+        },
+    log:
+        run_path("logs/figures/{study}.log"),
+    localrule: True
+    conda:
+        "../envs/reglab.yaml"
+    script:
+        "../scripts/study_figures.py"

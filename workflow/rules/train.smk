@@ -5,9 +5,10 @@ rule train:
     output:
         directory(pack_dir("{study}", "{pack}", "{chunk}")),
     log:
-        "logs/train/{study}/{pack}/chunk{chunk}.log",
+        log=run_path("logs/train/{study}/{pack}/chunk{chunk}.log"),
+        metrics=run_path("logs/train/{study}/{pack}/chunk{chunk}.metrics.csv"),
     benchmark:
-        "benchmarks/train/{study}/{pack}/chunk{chunk}.tsv"
+        run_path("benchmarks/train/{study}/{pack}/chunk{chunk}.tsv")
     conda:
         "../envs/reglab.yaml"
     threads: config["threads"]
@@ -19,7 +20,8 @@ rule train:
         seeds=train_seeds,
         max_replicas=train_max_replicas,
         accelerator=config["accelerator"],
+        code_hash=TRAIN_CODE,
     shell:
         "python -m reglab train --spec-file {input.specs:q} --dataset {input.dataset:q}"
         " --seeds {params.seeds} --chunk {wildcards.chunk} --threads {threads} --max-replicas {params.max_replicas}"
-        " --accelerator {params.accelerator:q} --outdir {output:q} > {log:q} 2>&1"
+        " --accelerator {params.accelerator:q} --code-hash {params.code_hash:q} --progress-csv {log.metrics:q} --outdir {output:q} > {log.log:q} 2>&1"

@@ -1,0 +1,68 @@
+"""`snakemake -n` states the plan's estimated CPU time (workflow/rules/reporting.smk: plan_line)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workdirs import make_workdir  # tests/workdirs.py
+
+REPO = Path(__file__).resolve().parents[1]
+PLAN = re.compile(r"^reglab plan: (\d+) training jobs, estimated (\d+) CPU-minutes "
+                  r"\(at most (\d+) min for the longest job\)$", re.MULTILINE)
+
+
+def dry_run(workdir: Path, *targets: str) -> str:
+    bindir = str(Path(sys.executable).parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml", "-n", *targets],
+        cwd=workdir, env={**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"]},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def listed_train_jobs(out: str) -> list[tuple[int, int]]:
+    """(runtime, threads) of every train job the dry run lists, from Snakemake's own job listing."""
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]+\]\n)", out):
+        if re.search(r"^rule train:", block, re.MULTILINE):
+            runtime = int(re.search(r"resources: .*\bruntime=(\d+)", block).group(1))
+            threads = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
+            jobs.append((runtime, int(threads.group(1)) if threads else 1))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The tiny config with 2 threads per job and batchnorm's epochs raised (dry runs only), so that
+    jobs differ in their runtime estimates."""
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["threads"] = 2
+    config["studies"]["batchnorm"]["training"]["epochs"] = 6000
+    return make_workdir(tmp_path_factory.mktemp("plan"), config)
+
+
+def check_plan(out: str) -> tuple[int, int, int]:
+    jobs = listed_train_jobs(out)
+    lines = PLAN.findall(out)
+    assert lines, out[-3000:]
+    expected = (len(jobs), sum(r * t for r, t in jobs), max(r for r, _ in jobs))
+    assert {tuple(map(int, line)) for line in lines} == {expected}
+    return expected
+
+
+def test_dry_run_states_the_cpu_minutes_of_the_training_jobs(workdir):
+    n, cpu, longest = check_plan(dry_run(workdir))
+    assert n == 14 and longest >= 2 and cpu > 2 * n  # runtimes differ, threads count
+
+
+def test_the_estimate_covers_only_the_jobs_the_targets_need(workdir):
+    everything = check_plan(dry_run(workdir))
+    dropout = check_plan(dry_run(workdir, "results/aggregate/dropout/summary.csv"))
+    assert 0 < dropout[0] < everything[0] and dropout[1] < everything[1]
