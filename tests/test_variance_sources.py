@@ -204,3 +204,18 @@ def test_decomposition_runs_are_planned_once_and_revalidate_unchanged():
     off["studies"]["s"]["variance_sources"] = ["split"]
     assert set(validate_config(off)["studies"]["s"]["variance_runs"]) == {"plain--split", "plain--all", "drop--split",
                                                                          "drop--all"}
+
+
+def test_the_report_offers_variance_csv_for_download(tmp_path):
+    import base64
+    from pathlib import Path
+
+    from reglab import contract
+    from reglab.report import study_downloads
+
+    path = Path(contract.aggregate_path(tmp_path, "s", contract.VARIANCE))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"study,variant,source\ns,v,init\n")
+    (link,) = [d for d in study_downloads(tmp_path, "s") if d["name"] == "variance.csv"]
+    assert link["filename"] == "s_variance.csv"
+    assert base64.b64decode(link["href"].split(",", 1)[1]) == path.read_bytes()

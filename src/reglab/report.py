@@ -143,6 +143,7 @@ def study_downloads(results_dir: Path, study: str, limit: int | None = None) -> 
     limit = MAX_EMBEDDED_CSV_BYTES if limit is None else limit
     names = [n for n in DOWNLOAD_ORDER if n in contract.AGGREGATES]
     names += [n for n in contract.AGGREGATES if n not in names]
+    names.append(contract.VARIANCE)  # a study with a variance decomposition only
     out = []
     for name in names:
         path = Path(contract.aggregate_path(results_dir, study, name))
