@@ -64,9 +64,8 @@ def decide_look(config: dict, study: str, per_seed: pd.DataFrame, look: int) -> 
                    and traces[c["id"]]["decision"] == "continue"]
     active = sorted(set().union(*(claim_variants(c) for c in open_claims))) if open_claims else []
     last = look + 1 >= schedule.n_looks
-    return {"study": study, "look": look, "n": schedule.looks[look], "schedule": traces and
-            next(iter(traces.values()))["schedule"] or dict(start=schedule.start, step=schedule.step,
-                                                            max=schedule.max),
+    return {"study": study, "look": look, "n": schedule.looks[look],
+            "schedule": {"start": schedule.start, "step": schedule.step, "max": schedule.max},
             "claims": traces, "active": [] if last else active, "stop": last or not active}
 
 
@@ -85,6 +84,6 @@ def run_look(config: dict, study: str, look: int, runs: list[dict], outdir: str 
 
 def read_traces(results: str | Path, study: str) -> list[dict]:
     """The decisions of every look a study ran, in order (none for a study without looks)."""
-    base = Path(results) / "sequential" / study
+    base = Path(contract.sequential_look_dir(results, study, 0)).parent
     looks = sorted(base.glob("look*/" + DECISION), key=lambda p: int(p.parent.name[4:]))
     return [contract.read_json(p) for p in looks]
