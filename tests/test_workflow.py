@@ -37,6 +37,13 @@ def tiny_config() -> dict:
     return yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 
 
+def copy_finished_run(finished: Path, work: Path) -> None:
+    """Copy a finished run's results, Snakemake metadata and report into the workdir ``work``."""
+    shutil.copytree(finished / "results", work / "results")
+    shutil.copytree(finished / ".snakemake", work / ".snakemake", symlinks=True)
+    shutil.copytree(finished / "report", work / "report")
+
+
 def planned_train_jobs(workdir: Path) -> set[str]:
     """The run directories a dry run would (re)train."""
     out = snakemake(workdir, "-n").stdout
@@ -117,9 +124,7 @@ def test_same_command_gives_identical_metrics(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_edits_rerun_only_what_depends_on_them(tiny_run, tmp_path):
     work = make_workdir(tmp_path / "edit")
-    shutil.copytree(tiny_run / "results", work / "results")
-    shutil.copytree(tiny_run / ".snakemake", work / ".snakemake", symlinks=True)
-    shutil.copytree(tiny_run / "report", work / "report")
+    copy_finished_run(tiny_run, work)
     assert planned_train_jobs(work) == set()
 
     config = tiny_config()
@@ -169,9 +174,7 @@ def test_snakemake_report_packages_the_html_report(tiny_run):
 @pytest.mark.slow
 def test_a_dry_run_estimates_only_the_training_an_edit_reruns(tiny_run, tmp_path):
     work = make_workdir(tmp_path / "plan")
-    shutil.copytree(tiny_run / "results", work / "results")
-    shutil.copytree(tiny_run / ".snakemake", work / ".snakemake", symlinks=True)
-    shutil.copytree(tiny_run / "report", work / "report")
+    copy_finished_run(tiny_run, work)
     config = tiny_config()
     config["studies"]["dropout"]["variants"]["dropout_0.4"][2]["dropout"]["rate"] = 0.5
     (work / "config" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

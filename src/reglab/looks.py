@@ -46,7 +46,7 @@ def study_traces(config: dict, study: str, per_seed: pd.DataFrame, look: int) ->
     for claim in (c for c in config.get("claims", []) if c["study"] == study):
         p, p_opposite = [], []
         for n in schedule.looks[: look + 1]:
-            result = check_claim(claim, per_seed[seeds < n])
+            result = check_claim(claim, per_seed[seeds < n], effects=False)  # its p-values only
             p.append(result["p_value"])
             p_opposite.append(result["p_value_opposite"])
         trace = trace_claim(p, schedule, sequential_alpha(claim, config), p_values_opposite=p_opposite,

@@ -493,7 +493,7 @@ def _verdict(p_claim: float, p_opposite: float, alpha: float, equivalence: bool 
     return "inconclusive"
 
 
-def _two_sample(a: np.ndarray, b: np.ndarray, alt: str, threshold: float) -> dict:
+def _two_sample(a: np.ndarray, b: np.ndarray, alt: str, threshold: float, effects: bool = True) -> dict:
     """Mann-Whitney (primary) and Welch (secondary) on ``a - threshold`` vs ``b``."""
     shifted = a - threshold
     mw = mann_whitney(shifted, b, alt)
@@ -505,7 +505,8 @@ def _two_sample(a: np.ndarray, b: np.ndarray, alt: str, threshold: float) -> dic
         "effect_size_name": "rank-biserial r",
         "effect_size": mw["rank_biserial"],
         "cles": mw["cles"],
-        **dict(zip(("cles_low", "cles_high"), prob_improvement_ci(shifted, b))),
+        **dict(zip(("cles_low", "cles_high"),
+                   prob_improvement_ci(shifted, b) if effects else (math.nan, math.nan))),
         "hedges_g": hedges_g(shifted, b),
         "cohens_d": cohens_d(shifted, b),
         "secondary_test": "Welch t (one-sided)",
@@ -542,7 +543,7 @@ def _equivalence(a: np.ndarray, b: np.ndarray | None, delta: float, threshold: f
     return out
 
 
-def _check_one(claim: dict, per_seed: pd.DataFrame) -> dict:
+def _check_one(claim: dict, per_seed: pd.DataFrame, effects: bool = True) -> dict:
     """Test one config claim (a single test) against per-seed results; returns the verdict and its numbers.
 
     Alone it is a family of one: ``p_value_adjusted`` equals ``p_value`` (see :func:`adjust_claims`).
@@ -588,11 +589,11 @@ def _check_one(claim: dict, per_seed: pd.DataFrame) -> dict:
             return out
         out.update(_equivalence(a, b if other else None, delta, threshold))
     else:
-        out.update(_two_sample(a, b, alt, threshold) if other else _one_sample(a, alt, threshold))
+        out.update(_two_sample(a, b, alt, threshold, effects) if other else _one_sample(a, alt, threshold))
     out["p_value_adjusted"], out["p_value_opposite_adjusted"] = out["p_value"], out["p_value_opposite"]
     out["verdict"] = _verdict(out["p_value"], out["p_value_opposite"], alpha, delta is not None)
     out["seeds_needed"] = seeds_for_power(out["shift"], out["sd"], alpha, two_sample=bool(other), delta=delta)
-    if other and delta is None:
+    if other and delta is None and effects:
         out["seeds_needed_mw"] = mw_seeds_for_power(a - threshold, b, alpha, alt if out["shift"] * (
             1 if alt == "greater" else -1) >= 0 else _OPPOSITE[alt])
     return out
@@ -641,19 +642,21 @@ def _parts_seeds_needed(results: list[dict], key: str) -> int | None:
     return None if None in values else max(values)
 
 
-def check_claim(claim: dict, per_seed: pd.DataFrame) -> dict:
+def check_claim(claim: dict, per_seed: pd.DataFrame, effects: bool = True) -> dict:
     """Test a claim, of one test or of several parts (``parts``, or an ``interval``).
 
     A claim of several parts is supported when every part is (an intersection-union test: its
     claimed-direction p is the largest of the parts' p, valid at alpha without correction), and
     contradicted when any part is contradicted (the parts' opposite-direction p-values,
     Bonferroni-corrected within the claim: the smallest times the number of parts). Its ``parts``
-    holds each part's own result and verdict (uncorrected).
+    holds each part's own result and verdict (uncorrected). ``effects=False`` leaves out the
+    resampling estimates (the bootstrap CI of P(A > B) and the Mann-Whitney seeds for power): a
+    sequential look needs the p-values only.
     """
     parts = _expand_parts(claim)
     if len(parts) == 1 and parts[0] is claim:
-        return _check_one(claim, per_seed)
-    results = [_check_one(part, per_seed) for part in parts]
+        return _check_one(claim, per_seed, effects)
+    results = [_check_one(part, per_seed, effects) for part in parts]
     first = results[0]
     tested = all(r["test"] for r in results)
     p_claim = max(r["p_value"] for r in results) if tested else math.nan

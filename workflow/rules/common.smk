@@ -249,14 +249,14 @@ def sequential_trail(study, looks=None):
     return trail
 
 
-def sequential_look_dirs(study):
-    """The checkpoint folders of every look a sequential study runs (none for a fixed study)."""
+def sequential_look_dirs(study, trail=None):
+    """The checkpoint folders of every look a sequential study runs (none for a fixed study);
+    ``trail``: its :func:`sequential_trail`, when already known."""
     if seed_schedule(config, study) is None:
         return []
-    return [
-        contract.sequential_look_dir(RESULTS, study, k)
-        for k in range(len(sequential_trail(study)))
-    ]
+    if trail is None:
+        trail = sequential_trail(study)
+    return [contract.sequential_look_dir(RESULTS, study, k) for k in range(len(trail))]
 
 
 def study_look_dirs(wildcards):
@@ -275,7 +275,7 @@ def pack_dirs_of(study):
     those of the looks it runs, and its look folders)."""
     if seed_schedule(config, study) is not None:
         trail = sequential_trail(study)
-        return [d for dirs in trail for d in dirs] + sequential_look_dirs(study)
+        return [d for dirs in trail for d in dirs] + sequential_look_dirs(study, trail)
     return [pack_dir(j["study"], j["pack"], j["chunk"]) for j in study_jobs(study)]
 
 
