@@ -37,6 +37,62 @@ def test_dense_matches_torch_linear_forward_and_backward(units, activation):
         torch.testing.assert_close(gb[r, 0], gbr)
 
 
+@pytest.mark.parametrize("in_features", [1, 2])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_with_few_inputs_matches_torch_linear_forward_and_backward(in_features, use_bias):
+    """Dense layers of at most SMALL_FAN_IN inputs take their own path (a sum of broadcast products,
+    gradients by bmm): replica by replica against F.linear, including the gradient w.r.t. the input."""
+    assert in_features <= L.SMALL_FAN_IN
+    torch.manual_seed(0)
+    layer = L.Dense(S, in_features, 9, activation="relu", use_bias=use_bias)
+    layer.reset_parameters(gens())
+    if use_bias:
+        with torch.no_grad():
+            layer.bias.normal_()
+    x = torch.randn(S, 11, in_features, requires_grad=True)
+    out = layer(x)
+    cot = torch.randn_like(out)
+    params = [layer.kernel] + ([layer.bias] if use_bias else [])
+    grads = torch.autograd.grad(out, params + [x], cot)
+    for r in range(S):
+        w = layer.kernel[r].detach().T.clone().requires_grad_()
+        b = layer.bias[r, 0].detach().clone().requires_grad_() if use_bias else None
+        xr = x[r].detach().clone().requires_grad_()
+        ref = torch.relu(F.linear(xr, w, b))
+        torch.testing.assert_close(out[r], ref)
+        ref_grads = torch.autograd.grad(ref, [w] + ([b] if use_bias else []) + [xr], cot[r])
+        torch.testing.assert_close(grads[0][r], ref_grads[0].T)
+        if use_bias:
+            torch.testing.assert_close(grads[1][r, 0], ref_grads[1])
+        torch.testing.assert_close(grads[-1][r], ref_grads[-1])
+
+
+def test_inference_leaves_the_input_untouched_and_matches_training_mode_arithmetic():
+    """Without autograd the one-unit head may compute in place in the hidden activations it is
+    given: never in the network's input (a head alone) and with the same result as with autograd."""
+    head_only = ReplicaNet([{"dense": {"units": 1, "activation": "sigmoid"}}], 4, [0, 1])
+    net = ReplicaNet([{"dense": {"units": 6, "activation": "relu"}}, {"dense": {"units": 1, "activation": "sigmoid"}}],
+                     4, [0, 1])
+    x = torch.randn(2, 5, 4)
+    before = x.clone()
+    for model in (head_only, net):
+        model.eval()
+        with torch.no_grad():
+            fast = model(x)
+        assert torch.equal(x, before)
+        torch.testing.assert_close(fast, model(x).detach(), rtol=0, atol=0)
+
+
+def test_set_training_switches_every_submodule_as_train_and_eval_do():
+    net = ReplicaNet([{"dense": {"units": 6, "activation": "relu"}}, {"dropout": {"rate": 0.5}},
+                      {"batch_norm": {}}, {"dense": {"units": 1, "activation": "sigmoid"}}], 4, [0, 1])
+    for mode in (False, True, False):
+        net.set_training(mode)
+        assert {m.training for m in net.modules()} == {mode}
+    net.train()  # nn.Module's own switch afterwards still reaches every module
+    assert {m.training for m in net.modules()} == {True}
+
+
 @pytest.mark.parametrize(
     "name,limit",
     [("glorot_uniform", math.sqrt(6 / (40 + 60))), ("he_uniform", math.sqrt(6 / 40))],

@@ -213,3 +213,11 @@ def test_the_catalog_settings_declare_conda_and_the_report():
     assert ENV_FILE.is_file()
     license_text = (REPO / "LICENSE").read_text()
     assert license_text.startswith("MIT License") and "Copyright (c) 2026 the reglab authors" in license_text
+
+
+@pytest.mark.parametrize("profile", ["default", "slurm"])
+def test_profiles_run_the_run_rules_in_threads(profile):
+    """The workflow's `run:` rules (config, pack specs, study runs, sequential looks) write small
+    files; in a new process each would parse the whole workflow again (~3.5 s of CPU, ~45 jobs)."""
+    settings = yaml.safe_load((REPO / "profiles" / profile / "config.yaml").read_text())
+    assert settings.get("force-use-threads") is True

@@ -66,3 +66,34 @@ def test_the_estimate_covers_only_the_jobs_the_targets_need(workdir):
     everything = check_plan(dry_run(workdir))
     dropout = check_plan(dry_run(workdir, "results/aggregate/dropout/summary.csv"))
     assert 0 < dropout[0] < everything[0] and dropout[1] < everything[1]
+
+
+def listed_priorities(out: str) -> dict[str, list[tuple[int, int]]]:
+    """Rule -> (priority, runtime or 0) of every job the dry run lists (Snakemake prints a job's
+    priority when it is not 0)."""
+    jobs: dict[str, list[tuple[int, int]]] = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\n)", out):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
+        if not rule:
+            continue
+        priority = re.search(r"^\s+priority: (\d+)$", block, re.MULTILINE)
+        runtime = re.search(r"resources: .*\bruntime=(\d+)", block)
+        jobs.setdefault(rule.group(1), []).append(
+            (int(priority.group(1)) if priority else 0, int(runtime.group(1)) if runtime else 0))
+    return jobs
+
+
+def test_the_longest_training_jobs_start_first_after_the_quick_steps_they_wait_for(workdir):
+    """Snakemake runs ready jobs in priority order: training jobs by their estimated seconds (so the
+    longest do not start last and finish after everything else), and before any of them the pack
+    specs and datasets they wait for."""
+    jobs = listed_priorities(dry_run(workdir, "--forceall"))
+    train = jobs["train"]
+    assert len(train) == 14 and all(p > 0 for p, _ in train)
+    for p1, r1 in train:
+        for p2, r2 in train:
+            if r1 > r2:
+                assert p1 > p2, (p1, r1, p2, r2)
+    assert len({r for _, r in train}) > 1  # the estimates differ, so the order is tested
+    quick = [p for rule in ("pack_specs", "dataset", "validated_config") for p, _ in jobs[rule]]
+    assert quick and min(quick) > max(p for p, _ in train)

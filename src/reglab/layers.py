@@ -125,6 +125,37 @@ class RandomDraws(nn.Module):
         return draw_per_replica(like, self.generators, fill, active)
 
 
+#: Dense layers with at most this many input features compute ``x @ kernel + bias`` as a sum of
+#: broadcast products (:class:`SmallFanInLinear`): a batched matmul with an inner dimension of 2 runs
+#: at a quarter of memory speed on CPU (the 2-feature circles' 500-unit layer: 2.4 ms against 0.9 ms
+#: for the test pass of 100 replicas).
+SMALL_FAN_IN = 2
+
+
+class SmallFanInLinear(torch.autograd.Function):
+    """``x @ kernel + bias`` (``[S, B, in]``, ``[S, in, units]``, ``[S, 1, units]`` or None) as
+    ``bias + sum_i x[..., i] * kernel[:, i]``; the gradients by batched matmul and sum."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        first_x, first_k = x[..., 0:1], kernel[:, 0:1, :]
+        out = torch.mul(first_x, first_k) if bias is None else torch.addcmul(bias, first_x, first_k)
+        for i in range(1, kernel.shape[1]):
+            out.addcmul_(x[..., i : i + 1], kernel[:, i : i + 1, :])
+        ctx.save_for_backward(x, kernel)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, kernel = ctx.saved_tensors
+        need_x, need_k, need_b = ctx.needs_input_grad
+        grad_x = torch.bmm(grad, kernel.transpose(1, 2)) if need_x else None
+        grad_k = torch.bmm(x.transpose(1, 2), grad) if need_k else None
+        grad_b = grad.sum(dim=1, keepdim=True) if ctx.has_bias and need_b else None
+        return grad_x, grad_k, grad_b
+
+
 class Dense(RandomDraws):
     """Keras ``Dense``: ``activation(x @ kernel + bias)`` with kernel ``[S, in, units]``.
 
@@ -185,8 +216,9 @@ class Dense(RandomDraws):
             factor = torch.where(torch.isinf(c), 1.0, factor)
         self.kernel.mul_(factor)
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """The pre-activation ``x @ kernel + bias`` (with fresh weight noise in training)."""
+    def linear(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        """The pre-activation ``x @ kernel + bias`` (with fresh weight noise in training); with
+        ``overwrite`` (no autograd, ``x`` a temporary of the caller's) a one-unit layer may compute in ``x``."""
         kernel = self.kernel
         if self.training and self.weight_noise.any():
             noise = self._draw(kernel, "normal_", self.weight_noise)
@@ -194,8 +226,13 @@ class Dense(RandomDraws):
         if kernel.shape[2] == 1:
             # A one-unit output as multiply-and-sum: CPU batched matmul kernels are slow for
             # matrix-vector shapes, forward and backward (measured 6x slower).
-            y = (x * kernel.transpose(1, 2)).sum(dim=2, keepdim=True)
+            # In place where allowed: the evaluation pass of 100 replicas of a 500-unit layer on 70
+            # samples multiplies 14 MB 3x faster when it does not also write a second 14 MB.
+            weighted = x.mul_(kernel.transpose(1, 2)) if overwrite else x * kernel.transpose(1, 2)
+            y = weighted.sum(dim=2, keepdim=True)
             return y if self.bias is None else y + self.bias
+        if kernel.shape[1] <= SMALL_FAN_IN:
+            return SmallFanInLinear.apply(x, kernel, self.bias)
         if self.bias is None:
             return torch.bmm(x, kernel)
         return torch.baddbmm(self.bias, x, kernel)
@@ -313,4 +350,4 @@ class GaussianNoise(RandomDraws):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.stddev.any():
             return x
-        return x + self._draw(x, "normal_", self.stddev) * self.stddev.view(x)
+        return torch.addcmul(x, self._draw(x, "normal_", self.stddev), self.stddev.view(x))

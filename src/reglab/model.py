@@ -66,8 +66,19 @@ class ReplicaNet(nn.Module):
         self.body = nn.Sequential(*body)
         self.head = head
         self.constrained = [m for m in self.modules() if isinstance(m, L.Dense) and m.constrained]
+        self._all_modules = None  # every submodule, for set_training
         self.reset_parameters()
         self.reset_noise()
+
+    def set_training(self, mode: bool) -> None:
+        """``train(mode)`` without its recursion: the flag set directly on every submodule (twice an
+        epoch, for a handful of modules, ``nn.Module.train`` costs more than some layers' work)."""
+        if self.training == mode:
+            return
+        if self._all_modules is None:
+            object.__setattr__(self, "_all_modules", tuple(self.modules()))
+        for module in self._all_modules:
+            object.__setattr__(module, "training", mode)
 
     @property
     def replicas(self) -> int:
@@ -89,7 +100,10 @@ class ReplicaNet(nn.Module):
                 module.generators = gens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head.linear(self.body(x))
+        hidden = self.body(x)
+        # without autograd, a hidden representation that is not (a view of) the input is the head's to overwrite
+        temporary = not torch.is_grad_enabled() and hidden.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        logits = self.head.linear(hidden, overwrite=temporary)
         return logits.squeeze(-1) if self.binary else logits
 
     def losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

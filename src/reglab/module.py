@@ -78,6 +78,9 @@ class ReplicaClassifier(pl.LightningModule):
         self.register_buffer("y_test", y_test, persistent=False)
         self.register_buffer("orders", shuffle_orders(seeds, self.epochs, self.y_train.shape[-1]), persistent=False)
         self.history = {m: torch.full((self.epochs, s), float("nan")) for m in HISTORY_METRICS}
+        # each epoch's HISTORY_METRICS on the training device, moved to the history once a block
+        self.register_buffer("epoch_metrics", torch.full((self.epochs, len(HISTORY_METRICS), s), float("nan")),
+                             persistent=False)
         self.epoch_time = torch.full((self.epochs,), float("nan"), dtype=torch.float64)
         # the 1-based epoch at which each replica's training loss stopped being finite; 0 = never
         self.diverged_epoch = torch.zeros(s, dtype=torch.int64)
@@ -99,13 +102,15 @@ class ReplicaClassifier(pl.LightningModule):
         opt = self.optimizers(use_pl_optimizer=False)
         for epoch in range(first, last):
             self.train_epoch(epoch, opt)
+        self.record_block(first, last)
         if self.progress is not None:
             self.progress(self, first, last)
 
     def train_epoch(self, epoch: int, opt: torch.optim.Optimizer) -> None:
-        """One Keras epoch of every replica, then its test evaluation; fills row ``epoch`` of the history."""
+        """One Keras epoch of every replica, then its test evaluation; fills row ``epoch`` of
+        :attr:`epoch_metrics` (:meth:`record_block` moves a block's rows into the history)."""
         start = time.perf_counter()
-        self.net.train()
+        self.net.set_training(True)
         order = self.orders[epoch]
         n = order.shape[1]
         targets = self.epoch_targets()
@@ -130,25 +135,27 @@ class ReplicaClassifier(pl.LightningModule):
                 loss_sum += losses.detach() * idx.shape[1]
                 correct += self.net.correct(logits, yb)
         test_loss, test_acc = self.evaluate(self.x_test, self.y_test)
-        h = self.history
-        h["train_loss"][epoch] = (loss_sum / n).cpu()
-        h["train_acc"][epoch] = (correct / n).cpu()
-        h["test_loss"][epoch] = test_loss.cpu()
-        h["test_acc"][epoch] = test_acc.cpu()
-        self.mark_divergence(epoch)
+        torch.stack([loss_sum.div_(n), correct.div_(n), test_loss, test_acc], out=self.epoch_metrics[epoch])
         self.epoch_time[epoch] = time.perf_counter() - start
 
-    def mark_divergence(self, epoch: int) -> None:
-        """Flag replicas whose loss became NaN/inf; their metrics are NaN from that epoch on.
+    def record_block(self, first: int, last: int) -> None:
+        """Move epochs ``first`` to ``last - 1`` into the history and flag replicas whose training
+        loss became NaN/inf there: their metrics are NaN from that epoch on (``diverged_epoch``).
 
         The other replicas are untouched: each replica's gradient depends on its own loss only.
         """
-        newly = ~torch.isfinite(self.history["train_loss"][epoch]) & (self.diverged_epoch == 0)
-        self.diverged_epoch[newly] = epoch + 1
-        diverged = self.diverged_epoch > 0
-        if diverged.any():
+        block = self.epoch_metrics[first:last].cpu()  # [epochs, metric, S]
+        for i, metric in enumerate(HISTORY_METRICS):
+            self.history[metric][first:last] = block[:, i]
+        bad = ~torch.isfinite(self.history["train_loss"][first:last])
+        newly = bad.any(dim=0) & (self.diverged_epoch == 0)
+        if newly.any():
+            self.diverged_epoch[newly] = first + 1 + bad.int().argmax(dim=0)[newly]
+        after = torch.arange(first + 1, last + 1).unsqueeze(1) >= self.diverged_epoch.unsqueeze(0)
+        after &= self.diverged_epoch.unsqueeze(0) > 0
+        if after.any():
             for metric in HISTORY_METRICS:
-                self.history[metric][epoch, diverged] = float("nan")
+                self.history[metric][first:last][after] = float("nan")
 
     def epoch_targets(self) -> torch.Tensor:
         """Training labels ``[S, N]`` for one epoch: each flipped with probability ``label_flip``, afresh
@@ -168,7 +175,7 @@ class ReplicaClassifier(pl.LightningModule):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-replica loss and accuracy ``[S]`` in inference mode; ``x`` is ``[S, N, in]``."""
         was_training = self.net.training
-        self.net.eval()
+        self.net.set_training(False)
         logits = self.net(x)
-        self.net.train(was_training)
+        self.net.set_training(was_training)
         return self.net.losses(logits, y), self.net.correct(logits, y) / y.shape[1]

@@ -172,15 +172,15 @@ def train_mem_mb(wildcards, attempt):
 REPLICA_STEP_SECONDS = 0.0003
 
 
-def train_runtime(wildcards, attempt):
-    """Minutes for a training job: startup + per-step cost of each model it trains (x attempt).
+def train_seconds(wildcards):
+    """Estimated seconds of a training job on one core: startup + per-step cost of each model it trains.
 
     10 s of startup, then for each model (one after another) per optimizer step its network's
     overhead (the registry's `step_seconds`: 5 ms with dense layers only, 20 ms with a conv2d, 60 ms
     with an LSTM) + REPLICA_STEP_SECONDS per replica + its forward and backward multiply-adds (3x
     the registry's forward `macs`, 2 flops each) for every replica and sample of the batch at
     1.5 GFLOP/s. The measured times behind these numbers are in reglab.layerkinds' docstring
-    (37 s for a 500-unit MLP of 10 seeds, 66 s of 50 seeds). SLURM counts whole minutes.
+    (37 s for a 500-unit MLP of 10 seeds, 66 s of 50 seeds).
     """
     specs = train_specs(wildcards)
     seconds = 10
@@ -197,7 +197,23 @@ def train_runtime(wildcards, attempt):
             steps * (cost.step_seconds + replicas * REPLICA_STEP_SECONDS)
             + flops / 1.5e9
         )
-    return int(-(-seconds // 60)) * attempt
+    return seconds
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes for a training job (train_seconds; SLURM counts whole minutes), x attempt."""
+    return int(-(-train_seconds(wildcards) // 60)) * attempt
+
+
+#: the priority of the quick steps training waits for (the validated config, pack specs, datasets):
+#: above every training job's (train_priority), so that no training job waits for a core behind others
+PREPARE_PRIORITY = 1_000_000
+
+
+def train_priority(wildcards):
+    """Longest jobs first: a job's estimated seconds (train_seconds), so that with more jobs than
+    cores the longest do not start last and finish after everything else."""
+    return int(train_seconds(wildcards))
 
 
 def train_gpus(wildcards):

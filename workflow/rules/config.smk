@@ -8,6 +8,7 @@ rule validated_config:
         contract.config_path(RESULTS),
     log:
         run_path("logs/specs/config.log"),
+    priority: PREPARE_PRIORITY
     localrule: True
     params:
         config_hash=CONFIG_HASH,
@@ -21,6 +22,7 @@ rule pack_specs:
         contract.pack_specs_path(RESULTS, "{study}", "{pack}"),
     log:
         run_path("logs/specs/{study}/{pack}.log"),
+    priority: PREPARE_PRIORITY
     localrule: True
     params:
         spec_hash=pack_spec_hash,

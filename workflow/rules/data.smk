@@ -5,6 +5,7 @@ rule dataset:
         contract.dataset_path(RESULTS, "{dataset}"),
     log:
         run_path("logs/dataset/{dataset}.log"),
+    priority: PREPARE_PRIORITY
     localrule: True
     conda:
         "../envs/reglab.yaml"

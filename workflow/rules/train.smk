@@ -9,6 +9,7 @@ rule train:
         metrics=run_path("logs/train/{study}/{pack}/chunk{chunk}.metrics.csv"),
     benchmark:
         run_path("benchmarks/train/{study}/{pack}/chunk{chunk}.tsv")
+    priority: train_priority
     conda:
         "../envs/reglab.yaml"
     threads: config["threads"]
