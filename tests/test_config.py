@@ -10,6 +10,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from reglab.config import (
+    VARIANTS_PACK,
     ConfigError,
     chunk_seeds,
     config_schema,
@@ -53,6 +54,14 @@ EXPECTED_PACKS = {
                   ["overfit"], ["input_and_hidden"], ["weight_noise_0.05"], ["gradient_noise_0.01"], ["label_flip_0.1"]],
 }
 N_PACKS = sum(map(len, EXPECTED_PACKS.values()))
+#: with pack_variants (as the shipped config has it), a study's variants that are neither grid points
+#: nor decomposition runs are one pack, where the first of them is listed
+EXPECTED_PACKS_TOGETHER = {
+    **{s: [EXPECTED_VARIANTS[s]] for s in ("batchnorm", "noise", "batchnorm_ext", "cnn", "rnn")},
+    "dropout": [["overfit", "dropout_0.4"], *EXPECTED_PACKS["dropout"][2:]],
+    "dropout_ext": [*EXPECTED_PACKS["dropout_ext"][:2], ["overfit", "input_dropout_0.2"]],
+    "noise_ext": [*EXPECTED_PACKS["noise_ext"][:3], [v for [v] in EXPECTED_PACKS["noise_ext"][3:]]],
+}
 #: variants identical to an earlier listing (same spec but for the names, same seeds) -> the listing that trains them
 SHARED = {
     ("noise", "overfit"): ("dropout", "overfit"),
@@ -65,10 +74,17 @@ SHARED = {
     ("noise_ext", "hidden_pre_0.1"): ("noise", "hidden_pre_0.1"),  # also the hidden grid's point 0.1
     ("noise_ext", "input_and_hidden"): ("noise_ext", "noise2d_input0.01_hidden0.1"),  # that 2-D grid point
 }
-#: the training jobs: the packs less the shared variants (a pack left empty is no job)
-EXPECTED_JOBS = {s: [kept for pack in packs if (kept := [v for v in pack if (s, v) not in SHARED])]
-                 for s, packs in EXPECTED_PACKS.items()}
+
+
+def expected_jobs(packs: dict) -> dict:
+    """The training jobs: the packs less the shared variants (a pack left empty is no job)."""
+    return {s: [kept for pack in study_packs if (kept := [v for v in pack if (s, v) not in SHARED])]
+            for s, study_packs in packs.items()}
+
+
+EXPECTED_JOBS = expected_jobs(EXPECTED_PACKS)
 N_JOBS = sum(map(len, EXPECTED_JOBS.values()))
+EXPECTED_JOBS_TOGETHER = expected_jobs(EXPECTED_PACKS_TOGETHER)
 
 
 @pytest.fixture
@@ -89,6 +105,15 @@ def test_schema_is_a_valid_draft_2020_12_schema():
 
 def test_shipped_config_yields_expected_jobs(config):
     jobs = training_jobs(config)
+    assert config["pack_variants"] is True
+    assert {s: [j["variants"] for j in jobs if j["study"] == s] for s in EXPECTED_PACKS} == EXPECTED_JOBS_TOGETHER
+    assert [j["pack"] for j in jobs if j["study"] == "noise_ext"] == ["input_noise", "hidden_noise", "noise2d",
+                                                                      VARIANTS_PACK]
+    assert len(jobs) == sum(map(len, EXPECTED_JOBS_TOGETHER.values())) == 15
+    apart = validate_config({**config, "pack_variants": False})
+    assert sorted((j["study"], v) for j in training_jobs(apart) for v in j["variants"]) == sorted(
+        (j["study"], v) for j in jobs for v in j["variants"])
+    jobs = training_jobs(apart)  # a job per variant: the per-variant expectations below
     assert {s: [j["variants"] for j in jobs if j["study"] == s] for s in EXPECTED_PACKS} == EXPECTED_JOBS
     assert [j["pack"] for j in jobs if j["study"] == "noise_ext"][:3] == ["input_noise", "hidden_noise", "noise2d"]
     trained = {s: sorted(v for j in jobs if j["study"] == s for v in j["variants"]) for s in EXPECTED_VARIANTS}
@@ -144,6 +169,7 @@ def test_validate_returns_a_new_dict_and_is_idempotent(raw):
 )
 def test_seeds_per_job_chunks(raw, seeds_per_job, expected):
     raw["seeds_per_job"] = seeds_per_job
+    raw["pack_variants"] = False
     config = validate_config(raw)
     jobs = [j for j in training_jobs(config) if (j["study"], j["pack"]) == ("dropout", "overfit")]
     assert all(j["variants"] == ["overfit"] for j in jobs)

@@ -644,3 +644,14 @@ def test_2d_study_without_boundary_files_says_so(make_synthetic_results, tmp_pat
     assert "figure-boundaries" not in drop and drop.count("<img ") == 4
     assert "No decision-boundary data (boundary.npz) was found" in drop
     assert "figure-boundaries" in _section(html, "study-0-bn")
+
+
+def test_studies_drawn_by_several_processes_give_the_same_page(rendered, tmp_path):
+    """``workers`` only spreads the studies' figures over processes: the page is the one drawn by one
+    process, byte for byte, but for the time it was generated."""
+    html, _, syn = rendered
+    assert len(syn.config["studies"]) > 1
+    out = tmp_path / "parallel.html"
+    render_report(syn.config, syn.results_dir, out, provenance=PROVENANCE, workers=2)
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    assert stamp.sub("", out.read_text()) == stamp.sub("", html)

@@ -14,8 +14,8 @@ import pytest
 from reglab import contract
 from reglab.aggregate import ResultsError, aggregate_study
 from reglab.cli import main
-from reglab.config import (content_key, content_spec, load_config, run_owners, study_packs, study_runs,
-                           training_jobs, validate_config, variant_spec)
+from reglab.config import (VARIANTS_PACK, content_key, content_spec, load_config, run_owners, study_packs,
+                           study_runs, training_jobs, validate_config, variant_spec)
 from reglab.report import load_boundaries, load_metas, render_report
 from test_aggregate import write_tiny_job
 from test_workflow import snakemake, tiny_config
@@ -47,7 +47,7 @@ def test_the_overfit_model_of_the_default_config_is_trained_once(shipped):
     assert all(spec == specs[0] for spec in specs)  # the 500-unit model, four times in the config
     assert trained_content(shipped, "noise", "overfit") == [("dropout", "overfit")]
     owners = run_owners(shipped)
-    assert {owners[listing] for listing in listings} == {("dropout", "overfit", "overfit")}
+    assert {owners[listing] for listing in listings} == {("dropout", VARIANTS_PACK, "overfit")}
     # batchnorm_ext's baseline and bn_after are batchnorm's: not trained again
     assert not {("batchnorm_ext", "baseline"), ("batchnorm_ext", "bn_after")} & {(s, v) for s, v, _ in trained(shipped)}
     assert trained_content(shipped, "batchnorm_ext", "bn_after") == [("batchnorm", "bn_after")]
@@ -56,6 +56,27 @@ def test_the_overfit_model_of_the_default_config_is_trained_once(shipped):
     # a grid point equal to an earlier study's variant is left out of its pack's job
     assert "dropout_0.4" not in study_packs(shipped, "dropout_ext")["dropout"]
     assert len(study_packs(shipped, "dropout_ext")["dropout"]) == 9
+
+
+def test_pack_variants_trains_a_studys_single_variants_in_one_job(shipped):
+    """With pack_variants (the shipped config), a study's variants that are neither grid points nor
+    decomposition runs share one job per chunk; without it each has its own. The same (study,
+    variant, chunk) are trained either way, grids and decomposition runs keep their packs, and a
+    sequentially seeded study keeps a job per variant."""
+    assert shipped["pack_variants"] is True
+    apart = validate_config({**copy.deepcopy(shipped), "pack_variants": False})
+    assert sorted(trained(apart)) == sorted(trained(shipped))
+    assert study_packs(shipped, "noise") == {VARIANTS_PACK: ["input_0.01", "hidden_pre_0.1", "hidden_post_0.1"]}
+    assert study_packs(apart, "noise") == {v: [v] for v in ("input_0.01", "hidden_pre_0.1", "hidden_post_0.1")}
+    packed = study_packs(shipped, "dropout_ext")
+    assert list(packed) == ["dropout", "dropout_maxnorm", VARIANTS_PACK]  # the grids keep theirs
+    assert packed[VARIANTS_PACK] == ["input_dropout_0.2"]
+    assert set(study_packs(shipped, "dropout")) == {VARIANTS_PACK, "overfit--sources", "dropout_0.4--sources"}
+    assert len(training_jobs(shipped)) < len(training_jobs(apart))
+    sequential = copy.deepcopy(shipped)
+    sequential["studies"]["cnn"]["seeds"] = {"start": 4, "step": 2, "max": 8}
+    sequential = validate_config(sequential)
+    assert study_packs(sequential, "cnn") == {v: [v] for v in shipped["studies"]["cnn"]["variants"]}
 
 
 def test_every_content_of_the_default_config_is_trained_exactly_once(shipped):
@@ -125,9 +146,10 @@ def test_study_runs_label_shared_runs_with_the_study_that_reads_them(shipped):
     by_label = {(r["study"], r["variant"]): r["dir"] for r in runs}
     n_variants = sum(len(study["variants"]) for study in shipped["studies"].values())
     assert len(runs) == len(by_label) == n_variants  # one chunk each
-    assert by_label["noise", "overfit"] == by_label["noise_ext", "overfit"] == "res/runs/dropout/overfit/chunk0/overfit"
-    assert by_label["batchnorm_ext", "bn_after"] == "res/runs/batchnorm/bn_after/chunk0/bn_after"
-    assert by_label["noise_ext", "input_0.01"] == "res/runs/noise/input_0.01/chunk0/input_0.01"
+    packed = f"res/runs/{{}}/{VARIANTS_PACK}/chunk0/{{}}"  # the shipped config packs single variants
+    assert by_label["noise", "overfit"] == by_label["noise_ext", "overfit"] == packed.format("dropout", "overfit")
+    assert by_label["batchnorm_ext", "bn_after"] == packed.format("batchnorm", "bn_after")
+    assert by_label["noise_ext", "input_0.01"] == packed.format("noise", "input_0.01")
     assert by_label["dropout_ext", "dropout_0.3"] == "res/runs/dropout_ext/dropout/chunk0/dropout_0.3"
     jobs = {contract.job_dir("res", j["study"], j["pack"], j["chunk"]): j["variants"] for j in training_jobs(shipped)}
     for r in runs:  # every run is one that a job trains

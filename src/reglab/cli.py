@@ -179,7 +179,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     }
     if "started" in info:
         prov["wall time"] = f"{(finished - dt.datetime.fromisoformat(info['started'])).total_seconds():.0f} s"
-    render_report(config, args.results, args.out, provenance=prov)
+    render_report(config, args.results, args.out, provenance=prov, workers=args.jobs)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=existing_dir, required=True, help="results directory")
     p.add_argument("--run-info", type=Path, default=None, help="JSON with the workflow's command and start time")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--jobs", type=positive_int, default=1, help="processes drawing the studies' figures")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="compare two runs' results folders variant by variant (one HTML page)")

@@ -720,21 +720,28 @@ def chunk_seeds(config: dict, study: str, chunk: int) -> list[int]:
     return chunks[chunk]
 
 
+#: the pack of a study's other variants (neither grid points nor decomposition runs) with ``pack_variants``
+VARIANTS_PACK = "variants--all"
+
+
 def _all_packs(config: dict, study: str) -> dict[str, list[str]]:
     """Every variant of a study grouped into packs: each grid is a pack named by its id, a variant's
     variance decomposition runs a pack named by :func:`variance_pack`, every other variant a pack of
-    its own, named like it (whether or not another study's job trains it)."""
+    its own, named like it, or with ``pack_variants`` (not for a sequentially seeded study) all of
+    them one pack, :data:`VARIANTS_PACK` (whether or not another study's job trains them)."""
     entry = config["studies"][study]
     packs, claimed = {}, set()
     for grid in entry.get("grids", []):
         packs[grid["id"]] = [v for v in grid["variants"] if v not in claimed]
         claimed.update(grid["variants"])
     runs = entry.get("variance_runs", {})
+    # a sequentially seeded study keeps a job per variant: each look trains only its undecided variants
+    together = bool(config.get("pack_variants")) and not isinstance(entry.get("seeds"), dict)
     for variant in entry["variants"]:
         if variant in runs:  # a variant's decomposition runs: one pack (as replicas of one model)
             packs.setdefault(variance_pack(runs[variant]["variant"]), []).append(variant)
         elif variant not in claimed:
-            packs[variant] = [variant]
+            packs.setdefault(VARIANTS_PACK if together else variant, []).append(variant)
     return {name: variants for name, variants in packs.items() if variants}
 
 
@@ -784,7 +791,8 @@ def study_packs(config: dict, study: str) -> dict[str, list[str]]:
     """The variants a study's training jobs train, grouped into packs (trained one after another).
 
     Each grid is a pack named by its id (its points share the job's start-up cost); every other
-    variant is a pack of its own, named like it. A variant whose content an earlier listing trains
+    variant is a pack of its own, named like it, or with ``pack_variants`` they are one pack
+    (:data:`VARIANTS_PACK`). A variant whose content an earlier listing trains
     (:func:`run_owners`) is left out: it shares that listing's runs. A pack left empty is dropped.
     """
     return _trained_packs(config, study, run_owners(config))

@@ -14,12 +14,13 @@ rule report:
     localrule: True
     conda:
         "../envs/reglab.yaml"
+    threads: 2
     params:
         results=results_root,
         run_info=RUN_INFO,
     shell:
         "python -m reglab report --config {input.config:q} --results {params.results:q}"
-        " --run-info {params.run_info:q} --out {output:q} > {log:q} 2>&1"
+        " --run-info {params.run_info:q} --jobs {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule study_figures:
