@@ -61,8 +61,10 @@ def test_default_config_plans_every_study(tmp_path):
         [sys.executable, "-m", "snakemake", "-n", "--cores", "4"], cwd=work, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for study, variant in [("batchnorm", "bn_before"), ("dropout", "dropout_0.4"), ("noise", "hidden_post_0.1")]:
-        assert f"results/runs/{study}/{variant}/chunk0" in proc.stdout
+    # the default config packs each study's single variants into one job (pack_variants)
+    for study in ("batchnorm", "dropout", "noise"):
+        assert f"results/runs/{study}/variants--all/chunk0" in proc.stdout
+    assert "results/runs/dropout/dropout_0.4--sources/chunk0" in proc.stdout
 
 
 def test_bad_config_stops_before_any_job_with_the_key_path(tmp_path):

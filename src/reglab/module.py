@@ -78,8 +78,9 @@ class ReplicaClassifier(pl.LightningModule):
         self.register_buffer("y_test", y_test, persistent=False)
         self.register_buffer("orders", shuffle_orders(seeds, self.epochs, self.y_train.shape[-1]), persistent=False)
         self.history = {m: torch.full((self.epochs, s), float("nan")) for m in HISTORY_METRICS}
-        # each epoch's HISTORY_METRICS on the training device, moved to the history once a block
-        self.register_buffer("epoch_metrics", torch.full((self.epochs, len(HISTORY_METRICS), s), float("nan")),
+        # the current block's epochs' HISTORY_METRICS on the training device (row: epoch % block),
+        # moved to the history once a block
+        self.register_buffer("epoch_metrics", torch.full((self.block, len(HISTORY_METRICS), s), float("nan")),
                              persistent=False)
         self.epoch_time = torch.full((self.epochs,), float("nan"), dtype=torch.float64)
         # the 1-based epoch at which each replica's training loss stopped being finite; 0 = never
@@ -107,7 +108,7 @@ class ReplicaClassifier(pl.LightningModule):
             self.progress(self, first, last)
 
     def train_epoch(self, epoch: int, opt: torch.optim.Optimizer) -> None:
-        """One Keras epoch of every replica, then its test evaluation; fills row ``epoch`` of
+        """One Keras epoch of every replica, then its test evaluation; fills row ``epoch % block`` of
         :attr:`epoch_metrics` (:meth:`record_block` moves a block's rows into the history)."""
         start = time.perf_counter()
         self.net.set_training(True)
@@ -135,7 +136,8 @@ class ReplicaClassifier(pl.LightningModule):
                 loss_sum += losses.detach() * idx.shape[1]
                 correct += self.net.correct(logits, yb)
         test_loss, test_acc = self.evaluate(self.x_test, self.y_test)
-        torch.stack([loss_sum.div_(n), correct.div_(n), test_loss, test_acc], out=self.epoch_metrics[epoch])
+        torch.stack([loss_sum.div_(n), correct.div_(n), test_loss, test_acc],
+                    out=self.epoch_metrics[epoch % self.block])
         self.epoch_time[epoch] = time.perf_counter() - start
 
     def record_block(self, first: int, last: int) -> None:
@@ -144,7 +146,7 @@ class ReplicaClassifier(pl.LightningModule):
 
         The other replicas are untouched: each replica's gradient depends on its own loss only.
         """
-        block = self.epoch_metrics[first:last].cpu()  # [epochs, metric, S]
+        block = self.epoch_metrics[: last - first].cpu()  # [epochs, metric, S]; blocks start at multiples of block
         for i, metric in enumerate(HISTORY_METRICS):
             self.history[metric][first:last] = block[:, i]
         bad = ~torch.isfinite(self.history["train_loss"][first:last])
