@@ -211,3 +211,22 @@ def test_a_config_over_200_kb_plans_and_no_command_line_carries_it(tmp_path):
     snakemake(work, "--cores", "1", "results/config.json")
     written = (work / "results" / "config.json").read_text()
     assert len(written) > 200_000 and "wide_variant_with_a_long_name_0299" in written and "rate_0.5999" in written
+
+
+@pytest.mark.slow
+def test_packed_variants_train_exactly_as_a_job_each(tiny_run, tmp_path):
+    """pack_variants only changes which process trains what: the batchnorm study's two variants (two
+    models, one after another in each of the two chunks' jobs) give the per-seed results of the
+    tiny run's job per variant, bit for bit."""
+    config = tiny_config()
+    config["pack_variants"] = True
+    work = make_workdir(tmp_path, config)
+    snakemake(work, "--cores", "2", "results/aggregate/batchnorm/per_seed.csv")
+    jobs = sorted(p.name for p in (work / "results" / "runs" / "batchnorm").iterdir())
+    assert jobs == ["variants--all"]
+    assert sorted(p.name for p in (work / "results" / "runs" / "batchnorm" / "variants--all").iterdir()) == [
+        "chunk0", "chunk1"]
+    packed = read_without_timing(work / "results" / "aggregate" / "batchnorm" / "per_seed.csv")
+    apart = read_without_timing(tiny_run / "results" / "aggregate" / "batchnorm" / "per_seed.csv")
+    assert len(packed) == 2 * 3  # 2 variants x 3 seeds
+    pd.testing.assert_frame_equal(packed, apart, check_exact=True)
