@@ -27,10 +27,15 @@ def dry_run(workdir: Path, *targets: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def job_blocks(out: str) -> list[str]:
+    """Snakemake's listing of a dry run, one text block per job (each starts with a timestamp line)."""
+    return re.split(r"\n(?=\[[^\]]+\]\n)", out)
+
+
 def listed_train_jobs(out: str) -> list[tuple[int, int]]:
     """(runtime, threads) of every train job the dry run lists, from Snakemake's own job listing."""
     jobs = []
-    for block in re.split(r"\n(?=\[[^\]]+\]\n)", out):
+    for block in job_blocks(out):
         if re.search(r"^rule train:", block, re.MULTILINE):
             runtime = int(re.search(r"resources: .*\bruntime=(\d+)", block).group(1))
             threads = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
@@ -72,7 +77,7 @@ def listed_priorities(out: str) -> dict[str, list[tuple[int, int]]]:
     """Rule -> (priority, runtime or 0) of every job the dry run lists (Snakemake prints a job's
     priority when it is not 0)."""
     jobs: dict[str, list[tuple[int, int]]] = {}
-    for block in re.split(r"\n(?=\[[^\]]+\]\n)", out):
+    for block in job_blocks(out):
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
         if not rule:
             continue

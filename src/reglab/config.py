@@ -736,7 +736,7 @@ def _all_packs(config: dict, study: str) -> dict[str, list[str]]:
         claimed.update(grid["variants"])
     runs = entry.get("variance_runs", {})
     # a sequentially seeded study keeps a job per variant: each look trains only its undecided variants
-    together = bool(config.get("pack_variants")) and not isinstance(entry.get("seeds"), dict)
+    together = bool(config.get("pack_variants")) and seed_schedule(config, study) is None
     for variant in entry["variants"]:
         if variant in runs:  # a variant's decomposition runs: one pack (as replicas of one model)
             packs.setdefault(variance_pack(runs[variant]["variant"]), []).append(variant)

@@ -66,7 +66,7 @@ class ReplicaNet(nn.Module):
         self.body = nn.Sequential(*body)
         self.head = head
         self.constrained = [m for m in self.modules() if isinstance(m, L.Dense) and m.constrained]
-        self._all_modules = None  # every submodule, for set_training
+        self._all_modules = tuple(self.modules())  # for set_training
         self.reset_parameters()
         self.reset_noise()
 
@@ -75,8 +75,6 @@ class ReplicaNet(nn.Module):
         epoch, for a handful of modules, ``nn.Module.train`` costs more than some layers' work)."""
         if self.training == mode:
             return
-        if self._all_modules is None:
-            object.__setattr__(self, "_all_modules", tuple(self.modules()))
         for module in self._all_modules:
             object.__setattr__(module, "training", mode)
 
