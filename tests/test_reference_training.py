@@ -17,6 +17,12 @@ numbers) and reproduces the engine's draw order itself:
 
 The whole history (train metrics as Keras reports them, test metrics in inference mode, every
 epoch), the final evaluation and the final weights are compared.
+
+Both engines are checked: autograd (``engine="torch"``, every family) and the fused loop
+(``engine="fused"``, the families :func:`reglab.fused.fused_layout` covers). The fused engine draws
+from a SplitMix64 stream per replica instead of torch's generator, in the same order; the reference
+then takes its draws from that stream (:class:`SplitMixStream`, the fused engine's own fills, whose
+distributions tests/test_fused.py checks), and computes everything else itself.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reglab.data import make_dataset
+from reglab.fused import fused_layout, noise_states
 from reglab.model import STREAM_INIT, STREAM_NOISE, STREAM_SHUFFLE, seed_generator
 from reglab.train import train
 
@@ -89,6 +96,10 @@ FAMILIES = {
     "gradient_noise": ("circles", [dense(16, activation="tanh"), SIGMOID_HEAD], ADAM, 3, 16,
                        {"gradient_noise": {"eta": 0.01, "gamma": 0.55}}),
     "label_flip": ("circles", [dense(16, activation="relu"), SIGMOID_HEAD], ADAM, 3, 16, {"label_flip": 0.2}),
+    "max_norm_sgd": ("circles", [dense(16, activation="relu", max_norm=0.6), {"dropout": {"rate": 0.3}},
+                               SIGMOID_HEAD], SGD, 3, 16, {}),
+    "gradient_noise_relu": ("circles", [dense(16, activation="relu"), SIGMOID_HEAD], ADAM, 3, 16,
+                            {"gradient_noise": {"eta": 0.01, "gamma": 0.55}, "label_flip": 0.1}),
     "label_flip_10_classes": ("digits", [{"flatten": {}}, dense(16, activation="relu"), SOFTMAX_HEAD], ADAM, 2, 16,
                               {"label_flip": 0.3}),
     "cnn_bn_spatial_dropout": ("digits", [conv2d(4, 3, padding="same", activation="relu"), batch_norm(),
@@ -122,10 +133,36 @@ def keras_init(shape, name, fan_in, fan_out, g):
     return nn.init.trunc_normal_(torch.empty(shape), 0.0, std, -2 * std, 2 * std, generator=g)
 
 
+class SplitMixStream:
+    """A replica's random stream in the fused engine: its SplitMix64 state, drawn from in order."""
+
+    def __init__(self, seed):
+        self.state = noise_states([seed])
+
+    def draw(self, shape, normal: bool) -> torch.Tensor:
+        from reglab import fusedkernels
+
+        out = np.empty(math.prod(shape), np.float32)
+        (fusedkernels.fill_normal if normal else fusedkernels.fill_uniform)(self.state, 0, out)
+        return torch.from_numpy(out).reshape(shape)
+
+
+def rand(shape, g):
+    """Uniforms on [0, 1) from a torch generator or a fused engine stream, in row-major order."""
+    return g.draw(tuple(shape), normal=False) if isinstance(g, SplitMixStream) else torch.rand(shape, generator=g)
+
+
+def randn(shape, g):
+    """Standard normals from a torch generator or a fused engine stream, in row-major order."""
+    return g.draw(tuple(shape), normal=True) if isinstance(g, SplitMixStream) else torch.randn(shape, generator=g)
+
+
 def inverted_dropout(shape, rate, g):
-    """Keras' dropout mask: kept (uniform < 1 - rate) scaled by 1/(1 - rate), else 0."""
+    """Keras' dropout mask: kept (uniform < 1 - rate) scaled by 1/(1 - rate), else 0 (the keep
+    probability and the scale as the engines take them: 1 - rate and 1/(1 - rate) in float64,
+    rounded once to float32)."""
     keep = 1 - rate
-    return (torch.rand(shape, generator=g) < keep).float() / keep
+    return (rand(shape, g) < np.float32(keep)).float() * np.float32(1 / keep)
 
 
 class Layer(nn.Module):
@@ -231,7 +268,7 @@ class GaussianNoise(Layer):
         self.stddev = stddev
 
     def run(self, x, noise, training):
-        return x + self.stddev * torch.randn(x.shape, generator=noise) if training and self.stddev > 0 else x
+        return x + self.stddev * randn(x.shape, noise) if training and self.stddev > 0 else x
 
 
 class Plain(Layer):
@@ -354,7 +391,7 @@ def build(spec: dict, shape: tuple[int, ...]) -> tuple[Layer, tuple[int, ...]]:
 class Reference(nn.Module):
     """One seed's network in plain torch; returns the head's pre-activation (logits)."""
 
-    def __init__(self, layer_specs, input_shape, seed):
+    def __init__(self, layer_specs, input_shape, seed, engine="torch"):
         super().__init__()
         layers, shape = [], tuple(input_shape)
         for spec in layer_specs:
@@ -365,7 +402,7 @@ class Reference(nn.Module):
         init = seed_generator(seed, STREAM_INIT)
         for layer in self.layers:
             layer.init(init)
-        self.noise = seed_generator(seed, STREAM_NOISE)
+        self.noise = seed_generator(seed, STREAM_NOISE) if engine == "torch" else SplitMixStream(seed)
 
     def weights(self):
         return [w for layer in self.layers for w in layer.weights]
@@ -425,17 +462,18 @@ class KerasSGD:
 
 def flip_labels(y, rate, n_classes, g):
     """Each label flipped with probability ``rate`` to another class (u < rate; u/rate picks which)."""
-    u = torch.rand(y.shape, generator=g)
+    u = rand(y.shape, g)
     other = (y + 1 + torch.floor(u / rate * (n_classes - 1))) % n_classes
     return torch.where(u < rate, other, y)
 
 
-def reference_training(spec: dict, data: dict, seed: int) -> tuple[dict, dict, Reference]:
-    """One seed's training alone: history per epoch, final evaluation and the trained network."""
+def reference_training(spec: dict, data: dict, seed: int, engine: str = "torch") -> tuple[dict, dict, Reference]:
+    """One seed's training alone: history per epoch, final evaluation and the trained network; its
+    random draws from the stream of ``engine``'s replica with this seed."""
     training = spec["training"]
     x, y = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
     xt, yt = torch.as_tensor(data["x_test"]), torch.as_tensor(data["y_test"])
-    net = Reference(spec["layers"], x.shape[1:], seed)
+    net = Reference(spec["layers"], x.shape[1:], seed, engine)
     params = [w for w, _, _ in net.weights()]
     opt_spec = dict(training["optimizer"])
     opt = {"adam": KerasAdam, "sgd": KerasSGD}[opt_spec.pop("name")](params, **opt_spec)
@@ -459,7 +497,7 @@ def reference_training(spec: dict, data: dict, seed: int) -> tuple[dict, dict, R
                 std = math.sqrt(eta / (1 + updates) ** gamma)
                 with torch.no_grad():
                     for p, shape, to_ref in net.weights():
-                        p.grad += std * to_ref(torch.randn(shape, generator=net.noise))
+                        p.grad += std * to_ref(randn(shape, net.noise))
             opt.step()
             for layer in dense_layers:
                 layer.constrain()
@@ -480,7 +518,7 @@ def reference_training(spec: dict, data: dict, seed: int) -> tuple[dict, dict, R
 # ---- the engine, with its trained network kept ----
 
 
-def train_keeping_the_net(spec, data, seeds, monkeypatch):
+def train_keeping_the_net(spec, data, seeds, monkeypatch, engine="torch"):
     """``reglab.train.train`` as the workflow calls it, and the ReplicaNet it trained."""
     from reglab import module
 
@@ -492,7 +530,7 @@ def train_keeping_the_net(spec, data, seeds, monkeypatch):
         on_fit_start(self)
 
     monkeypatch.setattr(module.ReplicaClassifier, "on_fit_start", keep)
-    result = train(spec, data, seeds)
+    result = train(spec, data, seeds, engine=engine)
     return result, trained[0]
 
 
@@ -512,13 +550,28 @@ def datasets():
     return {name: make_dataset(d) for name, d in DATASETS.items()}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_replica_equals_its_independent_plain_torch_training(family, datasets, monkeypatch):
+def fusable(family: str) -> bool:
+    spec = make_spec(family)
+    return not isinstance(fused_layout(spec, make_dataset(spec["dataset"])["x_train"].shape[1:]), str)
+
+
+#: the families the fused engine trains (the others fall back to autograd, tested as torch)
+FUSED_FAMILIES = ["dropout_mlp_adam", "noise_mlp", "label_flip", "max_norm_sgd", "gradient_noise_relu"]
+CASES = [(f, "torch") for f in FAMILIES] + [(f, "fused") for f in FUSED_FAMILIES]
+
+
+def test_the_fused_families_are_those_the_fused_engine_trains():
+    assert [f for f in FAMILIES if fusable(f)] == FUSED_FAMILIES
+
+
+@pytest.mark.parametrize(("family", "engine"), CASES)
+def test_replica_equals_its_independent_plain_torch_training(family, engine, datasets, monkeypatch):
     spec = make_spec(family)
     data = datasets[FAMILIES[family][0]]
-    result, net = train_keeping_the_net(spec, data, SEEDS, monkeypatch)
+    result, net = train_keeping_the_net(spec, data, SEEDS, monkeypatch, engine)
+    assert result.engine == engine
     for r in CHECKED:
-        history, final, ref = reference_training(spec, data, SEEDS[r])
+        history, final, ref = reference_training(spec, data, SEEDS[r], engine)
         for metric, values in history.items():
             tol = dict(atol=1e-6, rtol=0) if metric.endswith("acc") else dict(atol=1e-5, rtol=1e-4)
             np.testing.assert_allclose(result.history[metric][:, r], values, **tol, err_msg=f"{metric}, replica {r}")

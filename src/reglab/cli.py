@@ -135,7 +135,8 @@ def cmd_train(args: argparse.Namespace) -> None:
               "versions changed since snakemake started, or the job runs in another environment)", flush=True)
     started = now()  # a pack's variants train together, as replicas of as few models as they allow
     results = train_points(args.spec, data, args.seeds, threads=args.threads, accelerator=args.accelerator,
-                           max_replicas=args.max_replicas, progress_csv=args.progress_csv, log=sys.stdout)
+                           max_replicas=args.max_replicas, progress_csv=args.progress_csv, log=sys.stdout,
+                           engine=args.engine)
     for spec, result in zip(args.spec, results):
         write_run(args.outdir / spec["variant"], spec, result, args.chunk, started)
         acc = result.final["test_acc"]
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-replicas", type=positive_int, default=None,
                    help="at most this many (variant, seed) replicas in one model (memory); more train in turns")
     p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu")
+    p.add_argument("--engine", choices=("fused", "torch"), default="fused",
+                   help="fused: the compiled loop for the models it covers, autograd for the rest; torch: autograd only")
     p.add_argument("--code-hash", default=None,
                    help="the code hash the workflow planned the job with (reglab.provenance.code_hash); a job "
                         "whose own differs says so in its log. meta.json records the job's own")

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from reglab.contract import HISTORY_METRICS
+from reglab.fused import ENGINES, FusedBlocks, Layout, fused_layout
 from reglab.layers import PerReplica, draw_per_replica
 from reglab.model import STREAM_SHUFFLE, ReplicaNet, seed_generator
 from reglab.optim import make_optimizer
@@ -44,8 +45,11 @@ class ReplicaClassifier(pl.LightningModule):
     """
 
     def __init__(self, spec: dict, seeds: list, data: dict,
-                 progress: Callable[[ReplicaClassifier, int, int], None] | None = None, blocks: int = 20) -> None:
+                 progress: Callable[[ReplicaClassifier, int, int], None] | None = None, blocks: int = 20,
+                 engine: str = "fused") -> None:
         super().__init__()
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
         self.progress = progress
         self.automatic_optimization = False
         self.spec = spec
@@ -63,6 +67,9 @@ class ReplicaClassifier(pl.LightningModule):
         sample_shape = tuple(x_train.shape[2:] if per_replica else x_train.shape[1:])
         self.net = ReplicaNet(spec["layers"], sample_shape, seeds)
         s = self.net.replicas
+        # the fused engine's layout of this network (reglab.fused), or why it cannot train it
+        self.fused_layout = fused_layout(spec, sample_shape) if engine == "fused" else "the torch engine was asked for"
+        self.fused: FusedBlocks | None = None  # set at fit start, on the CPU
         self.register_buffer("x_train", x_train, persistent=False)
         self.register_buffer("y_train", torch.as_tensor(data["y_train"], dtype=torch.float32), persistent=False)
         x_test = torch.as_tensor(data["x_test"], dtype=torch.float32)
@@ -93,16 +100,28 @@ class ReplicaClassifier(pl.LightningModule):
         """The first epoch of each block, in order."""
         return DataLoader(range(0, self.epochs, self.block), batch_size=None, shuffle=False)
 
+    @property
+    def engine(self) -> str:
+        """The engine that trains (or will train, on the CPU) this model: ``fused`` or ``torch``."""
+        return "fused" if isinstance(self.fused_layout, Layout) and self.device.type == "cpu" else "torch"
+
     def on_fit_start(self) -> None:
         self.net.reset_noise(self.device)
+        if self.engine == "fused":
+            self.fused = FusedBlocks(self, self.fused_layout)
 
     def training_step(self, first: torch.Tensor, batch_idx: int) -> None:
         """Train the block of epochs from ``first``, then report progress."""
         first = int(first)
         last = min(first + self.block, self.epochs)
-        opt = self.optimizers(use_pl_optimizer=False)
-        for epoch in range(first, last):
-            self.train_epoch(epoch, opt)
+        if self.fused is not None:
+            seconds = self.fused.run(first, last, self.updates)
+            self.updates += (last - first) * math.ceil(self.y_train.shape[-1] / self.batch_size)
+            self.epoch_time[first:last] = seconds / (last - first)
+        else:
+            opt = self.optimizers(use_pl_optimizer=False)
+            for epoch in range(first, last):
+                self.train_epoch(epoch, opt)
         self.record_block(first, last)
         if self.progress is not None:
             self.progress(self, first, last)

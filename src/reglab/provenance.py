@@ -10,7 +10,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "pytorch-lightning", "numpy", "scikit-learn", "pandas", "scipy", "matplotlib", "snakemake")
+PACKAGES = ("torch", "pytorch-lightning", "numba", "numpy", "scikit-learn", "pandas", "scipy", "matplotlib", "snakemake")
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = Path(__file__).resolve().parent
 LOCK = REPO / "requirements.lock"
@@ -22,8 +22,8 @@ LOCK = REPO / "requirements.lock"
 #: (file layout and the metric registry the report reads; a change of the run files' format changes
 #: its SCHEMA_VERSION), ``provenance``, ``cli``, and what only aggregates, tests or renders results
 #: (aggregate, stats, plots, report, templates, configdocs, bench).
-TRAINING_MODULES = ("conv", "data", "layerkinds", "layers", "model", "module", "optim", "recurrent", "replicas",
-                    "results", "shapes", "train")
+TRAINING_MODULES = ("conv", "data", "fused", "fusedkernels", "layerkinds", "layers", "model", "module", "optim",
+                    "recurrent", "replicas", "results", "shapes", "train")
 #: The modules whose code decides what a dataset job writes.
 DATA_MODULES = ("data",)
 

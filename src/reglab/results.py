@@ -57,6 +57,7 @@ def run_meta(spec: dict, result: TrainResult, chunk: int, started: str) -> dict:
         "peak_rss_mb": result.peak_rss_mb,
         "threads": result.threads,
         "accelerator": result.accelerator,
+        "engine": result.engine,
         "versions": provenance.versions(),
         "git": provenance.git_state(),
         **provenance.machine(),

@@ -40,6 +40,7 @@ class TrainResult:
     peak_rss_mb: float
     threads: int
     accelerator: str
+    engine: str  # fused or torch (reglab.fused), the engine of the model(s) that trained these replicas
 
 
 def keep_freed_memory() -> None:
@@ -202,15 +203,17 @@ def replica_data(spec: dict, data: dict, seeds: list) -> dict:
 
 
 def fit_model(spec: dict, data: dict, seeds: list, accelerator: str = "cpu",
-              progress: Progress | None = None) -> TrainResult:
+              progress: Progress | None = None, engine: str = "fused") -> TrainResult:
     """Train one model: replica r is ``spec`` (a :func:`reglab.replicas.batch_spec`, whose varying
     hyperparameters hold one value per replica) with seed ``seeds[r]`` (an int, or seeds per source
-    of randomness: :func:`reglab.replicas.replica_seed`); ``progress`` hears of each block of epochs."""
+    of randomness: :func:`reglab.replicas.replica_seed`); ``progress`` hears of each block of epochs.
+    ``engine``: ``fused`` trains the models :func:`reglab.fused.fused_layout` allows with the fused
+    loop on the CPU, the others with autograd; ``torch`` trains every model with autograd."""
     labels = [seed_label(s) for s in seeds]
     pl.seed_everything(labels[0], workers=True, verbose=False)
     data = replica_data(spec, data, seeds)
     per_replica = data.get("per_replica", False)
-    module = ReplicaClassifier(spec, seeds, data, progress=progress)
+    module = ReplicaClassifier(spec, seeds, data, progress=progress, engine=engine)
     trainer = make_trainer(accelerator)
     start = time.perf_counter()
     trainer.fit(module)
@@ -247,6 +250,7 @@ def fit_model(spec: dict, data: dict, seeds: list, accelerator: str = "cpu",
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         threads=torch.get_num_threads(),
         accelerator=str(module.device.type),
+        engine=module.engine,
     )
 
 
@@ -280,12 +284,13 @@ def _join(parts: list[TrainResult]) -> TrainResult:
         prob=None if first.prob is None else np.concatenate([p.prob for p in parts]),
         fit_time_s=sum(p.fit_time_s for p in parts),
         peak_rss_mb=max(p.peak_rss_mb for p in parts),
+        engine=",".join(dict.fromkeys(e for p in parts for e in p.engine.split(","))),
     )
 
 
 def train_points(specs: list[dict], data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu",
                  max_replicas: int | None = None, progress_csv: str | Path | None = None,
-                 log: TextIO | None = None) -> list[TrainResult]:
+                 log: TextIO | None = None, engine: str = "fused") -> list[TrainResult]:
     """Train every variant of ``specs`` (a pack: a grid's points, say) on ``data`` once per seed.
 
     Variants that differ only in per-replica hyperparameters train together as the replicas of one
@@ -293,6 +298,7 @@ def train_points(specs: list[dict], data: dict, seeds: list[int], threads: int =
     trains exactly as variant p alone with seed s would. Returns one result per spec, its replicas
     in seed order; each model's wall times are shared out among its variants by replica count.
     Progress goes to ``log`` (a text stream; None: no lines) and, per epoch and replica, to ``progress_csv``.
+    ``engine``: see :func:`fit_model`.
     """
     configure_process(threads)
     shares: list[list[TrainResult]] = [[] for _ in specs]
@@ -303,12 +309,13 @@ def train_points(specs: list[dict], data: dict, seeds: list[int], threads: int =
         points = [p for p, _ in model.replicas]
         progress.begin_model([str(specs[p].get("variant", p)) for p in points])
         seeds = [replica_seed(specs[p], s) for p, s in model.replicas]  # an int, or seeds per source (vary)
-        result = fit_model(batch_spec([specs[p] for p in points]), data, seeds, accelerator, progress)
+        result = fit_model(batch_spec([specs[p] for p in points]), data, seeds, accelerator, progress, engine)
         for p in model.points:
             shares[p].append(_share(result, [r for r, q in enumerate(points) if q == p]))
     return [_join(parts) for parts in shares]
 
 
-def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu") -> TrainResult:
+def train(spec: dict, data: dict, seeds: list[int], threads: int = 1, accelerator: str = "cpu",
+          engine: str = "fused") -> TrainResult:
     """Train the variant ``spec`` on ``data`` once per seed (all seeds as replicas of one model)."""
-    return train_points([spec], data, seeds, threads, accelerator)[0]
+    return train_points([spec], data, seeds, threads, accelerator, engine=engine)[0]

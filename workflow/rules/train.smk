@@ -21,8 +21,9 @@ rule train:
         seeds=train_seeds,
         max_replicas=train_max_replicas,
         accelerator=config["accelerator"],
+        engine=config["engine"],
         code_hash=TRAIN_CODE,
     shell:
         "python -m reglab train --spec-file {input.specs:q} --dataset {input.dataset:q}"
         " --seeds {params.seeds} --chunk {wildcards.chunk} --threads {threads} --max-replicas {params.max_replicas}"
-        " --accelerator {params.accelerator:q} --code-hash {params.code_hash:q} --progress-csv {log.metrics:q} --outdir {output:q} > {log.log:q} 2>&1"
+        " --accelerator {params.accelerator:q} --engine {params.engine:q} --code-hash {params.code_hash:q} --progress-csv {log.metrics:q} --outdir {output:q} > {log.log:q} 2>&1"

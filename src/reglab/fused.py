@@ -1,0 +1,182 @@
+"""The fused engine: one compiled loop trains a block of epochs of every replica of a model, for the
+family of networks that dominates the studies' cost (the seed's 500-unit MLP over 4,000 epochs).
+
+The family (:func:`fused_layout`): 1-D inputs, Gaussian noise and dropout on them, one hidden Dense
+(linear or ReLU, with or without a max-norm constraint), Gaussian noise, dropout and ReLU after it,
+and a ``Dense(1, sigmoid)`` head; Adam or SGD (with momentum), label flips and gradient noise; every
+per-replica hyperparameter of :mod:`reglab.replicas` may differ between replicas. Any other model
+trains with autograd (:mod:`reglab.module`), as does every model on a GPU.
+
+The loop (:func:`reglab.fusedkernels.train_block`) computes what the autograd engine computes --
+Keras ``fit`` semantics, the same initial weights (the network's own), the same per-epoch shuffles,
+evaluation in inference mode -- with the forward and backward passes and the optimizer fused per
+replica, so that a replica's activations stay in the CPU's cache instead of crossing memory once per
+operation. Its random draws (dropout masks, noise, label flips) come from each replica's own
+SplitMix64 stream (seeded, like the autograd engine's generators, from the replica's ``draws`` seed),
+not from torch's generators: the two engines train the same distribution, not the same numbers, for
+models that draw. Which engine trained a run is recorded with it (``meta.json``'s ``engine``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from reglab.model import STREAM_NOISE
+from reglab.replicas import stream_seed
+
+#: the engines a training job may use: fused where the model allows (else autograd), or autograd only
+ENGINES = ("fused", "torch")
+
+_INPUT_OPS = {"gaussian_noise", "dropout"}
+_HIDDEN_OPS = {"gaussian_noise", "dropout", "activation"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a fusable network's layers sit: its input ops, hidden Dense, hidden ops and head (layer
+    indices into the spec's ``layers``, and into the network's ``body`` + head)."""
+
+    input_ops: tuple[int, ...]
+    hidden: int
+    hidden_ops: tuple[int, ...]
+    head: int
+
+
+def _values(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def fused_layout(spec: dict, sample_shape: tuple[int, ...]) -> Layout | str:
+    """The :class:`Layout` of ``spec`` (a :func:`reglab.replicas.batch_spec`) if the fused engine
+    trains it on samples of ``sample_shape``, else the reason it does not (a short phrase)."""
+    if len(sample_shape) != 1:
+        return f"inputs of shape {sample_shape}, not vectors"
+    layers = [next(iter(layer.items())) for layer in spec["layers"]]
+    kinds = [kind for kind, _ in layers]
+    dense = [i for i, kind in enumerate(kinds) if kind == "dense"]
+    if len(dense) != 2 or dense[1] != len(layers) - 1:
+        return "not one hidden Dense layer and a Dense head"
+    hidden, head = dense
+    bad = [kinds[i] for i in range(hidden) if kinds[i] not in _INPUT_OPS]
+    bad += [kinds[i] for i in range(hidden + 1, head) if kinds[i] not in _HIDDEN_OPS]
+    if bad:
+        return f"a {bad[0]} layer"
+    for i in range(hidden + 1, head):
+        if kinds[i] == "activation" and layers[i][1]["name"] not in ("relu", "linear"):
+            return f"a {layers[i][1]['name']} activation"
+    hp, op = layers[hidden][1], layers[head][1]
+    if hp.get("activation", "linear") not in ("relu", "linear"):
+        return f"a hidden {hp['activation']} activation"
+    if any(_values(hp.get("weight_noise", 0))) or hp.get("unit_norm") or not hp.get("use_bias", True):
+        return "weight noise, unit norm or no bias on the hidden layer"
+    if op["units"] != 1 or op["activation"] != "sigmoid" or not op.get("use_bias", True) or any(
+            _values(op.get("weight_noise", 0))) or op.get("unit_norm") or any(
+            v is not None for v in _values(op.get("max_norm"))):
+        return "a head other than a plain Dense(1, sigmoid)"
+    optimizer = spec["training"]["optimizer"]
+    if optimizer["name"] not in ("adam", "sgd") or optimizer.get("nesterov"):
+        return f"the {optimizer['name']} optimizer" + (" with Nesterov momentum" if optimizer.get("nesterov") else "")
+    return Layout(tuple(range(hidden)), hidden, tuple(range(hidden + 1, head)), head)
+
+
+def _ops(spec: dict, indices: tuple[int, ...], replicas: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Op codes [ops] and per-replica parameters [ops, S] (noise: stddev; dropout: keep probability
+    and 1/keep, computed in float64 and rounded once, as :class:`reglab.layers.Rate` does)."""
+    from reglab import fusedkernels as K
+
+    codes, params, scales = [], [], []
+    for i in indices:
+        (kind, p), = spec["layers"][i].items()
+        if kind == "activation":
+            if p["name"] == "linear":
+                continue
+            codes.append(K.OP_RELU)
+            params.append(np.zeros(replicas))
+            scales.append(np.zeros(replicas))
+        elif kind == "gaussian_noise":
+            codes.append(K.OP_NOISE)
+            params.append(np.broadcast_to(np.asarray(_values(p["stddev"]), np.float64), replicas))
+            scales.append(np.zeros(replicas))
+        else:
+            keep = 1.0 - np.broadcast_to(np.asarray(_values(p["rate"]), np.float64), replicas)
+            codes.append(K.OP_DROPOUT)
+            params.append(keep)
+            scales.append(1.0 / keep)
+    shape = (len(codes), replicas)
+    return (np.asarray(codes, np.int64), np.asarray(params, np.float32).reshape(shape),
+            np.asarray(scales, np.float32).reshape(shape))
+
+
+def noise_states(seeds: list) -> np.ndarray:
+    """Each replica's initial SplitMix64 state (uint64 ``[S]``), from its ``draws`` seed."""
+    return np.array([np.random.SeedSequence([stream_seed(s, "draws"), STREAM_NOISE]).generate_state(1, np.uint64)[0]
+                     for s in seeds], dtype=np.uint64)
+
+
+def _per_replica(value, replicas: int, default: float) -> np.ndarray:
+    values = [default if v is None else v for v in _values(value)]
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float64), replicas))
+
+
+class FusedBlocks:
+    """Trains blocks of epochs of a :class:`reglab.module.ReplicaClassifier` whose network has
+    ``layout``: from the network's parameters (written back after each block), the module's shuffles,
+    data and update count, into its ``epoch_metrics`` buffer; the optimizer's moments and the random
+    states are its own."""
+
+    def __init__(self, module, layout: Layout) -> None:
+        from reglab import fusedkernels as K
+
+        self.kernels = K
+        net, spec = module.net, module.spec
+        s = net.replicas
+        modules = [*net.body, net.head]
+        hidden, head = modules[layout.hidden], modules[layout.head]
+        # the network's parameters (numpy views of its tensors) and their flat copy the loop trains
+        self.params = [t.detach().numpy().reshape(s, -1) for t in (hidden.kernel, hidden.bias, head.kernel, head.bias)]
+        self.theta = np.ascontiguousarray(np.concatenate(self.params, axis=1))
+        self.moments = (np.zeros_like(self.theta), np.zeros_like(self.theta))
+        self.input_ops = _ops(spec, layout.input_ops, s)
+        hidden_ops = _ops(spec, layout.hidden_ops, s)
+        if spec["layers"][layout.hidden]["dense"].get("activation", "linear") == "relu":
+            hidden_ops = (np.concatenate([[K.OP_RELU], hidden_ops[0]]).astype(np.int64),
+                          np.concatenate([np.zeros((1, s), np.float32), hidden_ops[1]]),
+                          np.concatenate([np.zeros((1, s), np.float32), hidden_ops[2]]))
+        self.hidden_ops = hidden_ops
+        training = spec["training"]
+        opt = dict(training["optimizer"])
+        self.optimizer = 0 if opt["name"] == "adam" else 1
+        self.lr = _per_replica(opt.get("lr"), s, 0.0)
+        self.betas = (float(opt.get("beta_1", 0.9)), float(opt.get("beta_2", 0.999)), float(opt.get("epsilon", 1e-7)))
+        self.momentum = float(opt.get("momentum", 0.0))
+        self.max_norm = _per_replica(spec["layers"][layout.hidden]["dense"].get("max_norm"), s, np.inf)
+        self.label_flip = _per_replica(training.get("label_flip", 0.0), s, 0.0)
+        gradient_noise = training.get("gradient_noise") or {}
+        self.grad_eta = _per_replica(gradient_noise.get("eta", 0.0), s, 0.0)
+        self.grad_gamma = float(gradient_noise.get("gamma", 0.55))
+        self.batch_size = int(training["batch_size"])
+        self.state = noise_states(net.replica_seeds)
+        x_train, y_train = module.x_train.numpy(), module.y_train.numpy()
+        self.x_train = x_train if module.replica_rows is not None else x_train[None]
+        self.y_train = y_train if module.replica_rows is not None else y_train[None]
+        self.x_test = np.ascontiguousarray(module.x_test.numpy())
+        self.y_test = np.ascontiguousarray(module.y_test.numpy())
+        self.orders = np.ascontiguousarray(module.orders.numpy().astype(np.int64))
+        self.metrics = module.epoch_metrics.numpy()
+
+    def run(self, first: int, last: int, updates: int) -> float:
+        """Train epochs ``first`` to ``last - 1`` (after ``updates`` optimizer steps); returns seconds."""
+        start = time.perf_counter()
+        self.kernels.train_block(
+            first, last, updates, self.orders, self.x_train, self.y_train, self.x_test, self.y_test,
+            self.theta, *self.moments, *self.input_ops, *self.hidden_ops,
+            self.lr, self.optimizer, *self.betas, self.momentum, self.max_norm, self.label_flip,
+            self.grad_eta, self.grad_gamma, self.batch_size, self.state, self.metrics)
+        offset = 0
+        for param in self.params:  # back into the network's tensors
+            param[...] = self.theta[:, offset:offset + param.shape[1]]
+            offset += param.shape[1]
+        return time.perf_counter() - start

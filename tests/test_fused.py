@@ -1,0 +1,196 @@
+"""The fused engine (reglab.fused): which networks it trains, its random numbers, sweeps as replicas,
+agreement with autograd, and the engine recorded with every run. Its training against an
+independent plain-torch reference is in tests/test_reference_training.py."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from reglab import fusedkernels as K
+from reglab import replicas
+from reglab.config import ConfigError, load_config, validate_config
+from reglab.data import make_dataset
+from reglab.fused import Layout, fused_layout, noise_states
+from reglab.train import train, train_points
+
+DENSE = {"activation": "linear", "kernel_initializer": "glorot_uniform", "use_bias": True, "max_norm": None,
+         "unit_norm": False, "weight_noise": 0.0}
+HEAD = {"dense": {**DENSE, "units": 1, "activation": "sigmoid"}}
+CIRCLES = {"generator": "make_circles", "params": {"n_samples": 90, "noise": 0.1, "random_state": 1}, "n_train": 40}
+ADAM = {"name": "adam", "lr": 0.01, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False}
+# every op the fused engine has: noise and dropout on the inputs, noise, ReLU and dropout after the hidden Dense
+MLP = [{"gaussian_noise": {"stddev": 0.05}}, {"dropout": {"rate": 0.1}},
+       {"dense": {**DENSE, "units": 8, "max_norm": 2.0}}, {"gaussian_noise": {"stddev": 0.1}},
+       {"activation": {"name": "relu"}}, {"dropout": {"rate": 0.3}}, HEAD]
+
+
+def spec(layers=MLP, optimizer=ADAM, epochs=3, **training):
+    return {"study": "s", "variant": "v", "dataset": {"name": "d", **CIRCLES},
+            "training": {"optimizer": dict(optimizer), "epochs": epochs, "batch_size": 16, "label_flip": 0.0,
+                         "gradient_noise": {"eta": 0.0, "gamma": 0.55}, **training},
+            "layers": copy.deepcopy(layers)}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset(CIRCLES)
+
+
+# ---- which networks ----
+
+
+def test_the_layout_places_input_ops_hidden_layer_hidden_ops_and_head():
+    assert fused_layout(spec(), (2,)) == Layout(input_ops=(0, 1), hidden=2, hidden_ops=(3, 4, 5), head=6)
+
+
+@pytest.mark.parametrize(("layers", "shape", "reason"), [
+    (MLP, (8, 8), "not vectors"),
+    ([{"dense": {**DENSE, "units": 4}}, {"dense": {**DENSE, "units": 4}}, HEAD], (2,), "not one hidden Dense"),
+    ([{"dense": {**DENSE, "units": 4, "activation": "tanh"}}, HEAD], (2,), "hidden tanh activation"),
+    ([{"dense": {**DENSE, "units": 4, "weight_noise": 0.1}}, HEAD], (2,), "weight noise"),
+    ([{"dense": {**DENSE, "units": 4}}, {"batch_norm": {}}, HEAD], (2,), "a batch_norm layer"),
+    ([{"dense": {**DENSE, "units": 4}}, {"dense": {**DENSE, "units": 3, "activation": "softmax"}}], (2,),
+     "a head other than"),
+])
+def test_networks_outside_the_family_are_refused_with_the_reason(layers, shape, reason):
+    assert reason in fused_layout(spec(layers), shape)
+
+
+def test_a_network_outside_the_family_trains_with_autograd_and_says_so(data):
+    layers = [{"dense": {**DENSE, "units": 4, "activation": "tanh"}}, HEAD]
+    assert train(spec(layers), data, [0]).engine == "torch"
+    assert train(spec(), data, [0]).engine == "fused"
+    assert train(spec(), data, [0], engine="torch").engine == "torch"
+
+
+# ---- random numbers ----
+
+
+def test_uniforms_are_uniform_on_zero_one_in_float32_steps():
+    out = np.empty(200_000, np.float32)
+    K.fill_uniform(noise_states([5]), 0, out)
+    assert out.min() >= 0 and out.max() < 1
+    assert np.all(out * 2**24 == np.floor(out * 2**24))  # multiples of 2^-24: exact in float32
+    assert stats.kstest(out, "uniform").pvalue > 1e-3
+
+
+def test_normals_are_standard_normal_in_the_body_and_in_the_tails():
+    out = np.empty(2_000_000, np.float32)
+    K.fill_normal(noise_states([9]), 0, out)
+    assert stats.kstest(out, "norm").pvalue > 1e-3
+    assert abs(out.mean()) < 5 / np.sqrt(out.size) and abs(out.var() - 1) < 0.005
+    # the ziggurat's tail (beyond R = 3.44) and its wedges are drawn by rejection: their mass is right
+    for cut in (2.0, 3.0, 3.5, 4.0):
+        expected = stats.norm.sf(cut) * out.size
+        for side in (1, -1):
+            assert abs(np.sum(side * out > cut) - expected) < 5 * np.sqrt(expected), side * cut
+
+
+def test_replica_streams_are_independent_and_their_states_advance():
+    states = noise_states([0, 1])
+    a, b = np.empty(100_000, np.float32), np.empty(100_000, np.float32)
+    K.fill_normal(states, 0, a)
+    K.fill_normal(states, 1, b)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
+    again = np.empty(100_000, np.float32)
+    K.fill_normal(states, 0, again)  # the state moved on: fresh numbers
+    assert abs(np.corrcoef(a, again)[0, 1]) < 0.02
+    replay = noise_states([0])
+    K.fill_normal(replay, 0, again)  # the same seed: the same numbers
+    np.testing.assert_array_equal(a, again)
+
+
+def test_a_replica_stream_depends_on_its_draws_seed_alone():
+    ordinary = noise_states([4])
+    decomposed = noise_states([{"seed": 0, "init": 1, "order": 2, "draws": 4, "split": None}])
+    np.testing.assert_array_equal(ordinary, decomposed)
+
+
+# ---- sweeps: replica (point p, seed s) is point p alone with seed s, bit for bit ----
+
+SWEEPS = {
+    "input noise stddev": (spec(), ("layers", 0, "gaussian_noise", "stddev"), [0.0, 0.1, 0.5]),
+    "input dropout rate": (spec(), ("layers", 1, "dropout", "rate"), [0.0, 0.2]),
+    "hidden noise stddev": (spec(), ("layers", 3, "gaussian_noise", "stddev"), [0.0, 0.2]),
+    "dropout rate": (spec(), ("layers", 5, "dropout", "rate"), [0.0, 0.2, 0.6]),
+    "max norm": (spec(), ("layers", 2, "dense", "max_norm"), [None, 0.5, 2.0]),
+    "label flip": (spec(), ("training", "label_flip"), [0.0, 0.1, 0.3]),
+    "gradient noise eta": (spec(), ("training", "gradient_noise", "eta"), [0.0, 0.01, 0.1]),
+    "adam lr": (spec(), ("training", "optimizer", "lr"), [0.001, 0.01, 0.05]),
+    "sgd lr": (spec(optimizer=SGD), ("training", "optimizer", "lr"), [0.01, 0.1]),
+}
+
+
+def at(tree, path, value):
+    tree = copy.deepcopy(tree)
+    node = tree
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return tree
+
+
+@pytest.mark.parametrize("kind", list(SWEEPS))
+def test_each_grid_point_as_a_replica_trains_bit_for_bit_as_it_would_alone(kind, data):
+    base, path, values = SWEEPS[kind]
+    points = [at(base, path, v) for v in values]
+    seeds = [3, 5]
+    assert len(replicas.plan_models(points, seeds)) == 1
+    together = train_points(points, data, seeds)
+    for p, point in enumerate(points):
+        alone = train(point, data, [seeds[1]])
+        assert together[p].engine == alone.engine == "fused"
+        for metric, history in together[p].history.items():
+            np.testing.assert_array_equal(history[:, 1], alone.history[metric][:, 0], err_msg=f"{kind} {metric}")
+        for metric, values_ in together[p].final.items():
+            np.testing.assert_array_equal(values_[1], alone.final[metric][0], err_msg=f"{kind} final {metric}")
+    # the swept value matters: the points do not all train alike
+    finals = [r.history["train_loss"][-1, 0] for r in together]
+    assert len(set(finals)) > 1
+
+
+# ---- agreement with autograd where nothing is drawn ----
+
+
+@pytest.mark.parametrize("optimizer", [ADAM, SGD])
+def test_without_random_draws_the_engines_agree(optimizer, data):
+    layers = [{"dense": {**DENSE, "units": 32, "activation": "relu", "max_norm": 1.5}}, HEAD]
+    fused = train(spec(layers, optimizer, epochs=40), data, [0, 1, 2])
+    autograd = train(spec(layers, optimizer, epochs=40), data, [0, 1, 2], engine="torch")
+    for metric in fused.history:
+        np.testing.assert_allclose(fused.history[metric], autograd.history[metric], atol=1e-4, err_msg=metric)
+    np.testing.assert_allclose(fused.prob, autograd.prob, atol=1e-4)
+
+
+def test_a_diverging_replica_shows_as_nan_from_its_epoch_on_and_leaves_the_others(data):
+    points = [spec(optimizer={**ADAM, "lr": lr}, epochs=6) for lr in (0.01, 1e30)]
+    steady, diverged = train_points(points, data, [0])
+    assert diverged.engine == "fused" and diverged.diverged_epoch[0] > 0
+    assert np.isnan(diverged.history["train_loss"][diverged.diverged_epoch[0] - 1:, 0]).all()
+    assert steady.diverged_epoch[0] == 0 and np.isfinite(steady.history["train_loss"]).all()
+
+
+# ---- the engine: a config key, recorded with the run ----
+
+
+def test_the_engine_is_a_validated_config_key():
+    raw = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
+    assert validate_config(copy.deepcopy(raw))["engine"] == "fused"
+    del raw["engine"]
+    assert validate_config(copy.deepcopy(raw))["engine"] == "fused"  # the schema's default
+    raw["engine"] = "jax"
+    with pytest.raises(ConfigError, match="engine"):
+        validate_config(raw)
+
+
+def test_the_run_records_its_engine(tmp_path, data):
+    from reglab.results import write_run
+
+    result = train(spec(), data, [0, 1])
+    write_run(tmp_path / "run", spec(), result, 0, "2026-12-01T00:00:00+00:00")
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["engine"] == "fused"
