@@ -53,22 +53,24 @@ def test_best_time_is_the_minimum_of_the_repeats_after_an_untimed_warm_up():
 #: trains 2 seeds per run (one call each; run totals 8, 6, 7: best 6); plain Lightning 1 seed per run.
 PLAN = {
     "dropout": {"engine": [0.1, 6.0, 2.0, 4.0],
+                "autograd": [0.1, 9.0, 8.0, 12.0],
                 "loop": [0.1, 0.1, 2.0, 6.0, 4.0, 2.0, 3.0, 4.0],
                 "lightning": [0.1, 9.0, 5.0, 7.0]},
     "rnn": {"engine": [0.1, 1.0, 3.0, 2.0],
+            "autograd": [0.1, 1.0, 1.5, 2.0],
             "loop": [0.1, 0.1, 6.0, 6.0, 5.0, 5.0, 7.0, 7.0],
             "lightning": [0.1, 2.0, 8.0, 4.0]},
 }
 #: what that makes the figures with 2 seeds, 1 Lightning seed and 2 epochs: best run / (seeds * epochs)
-EXPECTED = {"dropout": {"engine": 2.0 / 4, "torch_loop": 6.0 / 4, "lightning": 5.0 / 2},
-            "rnn": {"engine": 1.0 / 4, "torch_loop": 10.0 / 4, "lightning": 2.0 / 2}}
+EXPECTED = {"dropout": {"engine": 2.0 / 4, "autograd": 8.0 / 4, "torch_loop": 6.0 / 4, "lightning": 5.0 / 2},
+            "rnn": {"engine": 1.0 / 4, "autograd": 1.0 / 4, "torch_loop": 10.0 / 4, "lightning": 2.0 / 2}}
 
 
 @pytest.fixture
 def fake_runs(monkeypatch):
-    """The three ways of training replaced by runs that spend PLAN's seconds on a fake clock;
+    """The four ways of training replaced by runs that spend PLAN's seconds on a fake clock;
     returns (clock, calls: kind -> the seeds each call trained)."""
-    clock, calls, plan = FakeClock(), {"engine": [], "loop": [], "lightning": []}, {}
+    clock, calls, plan = FakeClock(), {"engine": [], "autograd": [], "loop": [], "lightning": []}, {}
 
     def run(kind, seeds, spec):
         case = next(c for c, (study, _) in bench.CASES.items() if study == spec["study"])
@@ -76,7 +78,10 @@ def fake_runs(monkeypatch):
         calls[kind].append(seeds)
         clock.spend(plan[case][kind].pop(0))
 
-    monkeypatch.setattr(bench, "train", lambda spec, data, seeds, *a, **k: run("engine", list(seeds), spec))
+    def engine(spec, data, seeds, *args, engine):
+        run({"fused": "engine", "torch": "autograd"}[engine], list(seeds), spec)
+
+    monkeypatch.setattr(bench, "train", engine)
     monkeypatch.setattr(bench, "run_torch_loop", lambda spec, data, seed: run("loop", seed, spec))
     monkeypatch.setattr(bench, "run_plain_lightning", lambda spec, data, seed: run("lightning", seed, spec))
     return clock, calls, plan
@@ -87,21 +92,23 @@ def test_bench_figures_are_the_best_repeat_per_replica_epoch(fake_runs, capsys):
     report = bench.main(["--config", CONFIG, "--epochs", "2", "--seeds", "2", "--lightning-seeds", "1",
                          "--cases", "dropout", "rnn"], clock=clock)
     assert all(not left for case in plan.values() for left in case.values())  # 1 warm-up + 3 repeats each
-    assert calls["engine"] == [[0, 1]] * 8 and calls["loop"] == [0, 1] * 8 and calls["lightning"] == [0] * 8
+    assert calls["engine"] == calls["autograd"] == [[0, 1]] * 8
+    assert calls["loop"] == [0, 1] * 8 and calls["lightning"] == [0] * 8
     assert list(report) == ["dropout", "rnn"]
     for case, want in EXPECTED.items():
         got = report[case]
         for kind, seconds in want.items():
             assert got[kind] == pytest.approx(seconds), (case, kind)
         # the speed-ups compare like with like: per replica-epoch, baseline over engine
+        assert got["ratio_autograd"] == pytest.approx(want["autograd"] / want["engine"])
         assert got["ratio_loop"] == pytest.approx(want["torch_loop"] / want["engine"])
         assert got["ratio_lightning"] == pytest.approx(want["lightning"] / want["engine"])
         assert got["repeats"] == 3
     out = capsys.readouterr().out
     assert "the minimum of 3 timed repeats after 1 untimed warm-up run" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("dropout", "rnn"))}
-    assert rows["dropout"][1:] == ["500000.0us", "1500000.0us", "2500000.0us", "3.0x", "5.0x"]
-    assert rows["rnn"][1:] == ["250000.0us", "2500000.0us", "1000000.0us", "10.0x", "4.0x"]
+    assert rows["dropout"][1:] == ["500000.0us", "2000000.0us", "1500000.0us", "2500000.0us", "4.0x", "3.0x", "5.0x"]
+    assert rows["rnn"][1:] == ["250000.0us", "250000.0us", "2500000.0us", "1000000.0us", "1.0x", "10.0x", "4.0x"]
 
 
 def test_bench_repeats_option(fake_runs, capsys):
@@ -111,7 +118,8 @@ def test_bench_repeats_option(fake_runs, capsys):
         plan[case]["loop"].append(0.5)
     report = bench.main(["--config", CONFIG, "--epochs", "2", "--seeds", "2", "--lightning-seeds", "1",
                          "--cases", "dropout", "--repeats", "4"], clock=clock)
-    assert len(calls["engine"]) == 5 and len(calls["loop"]) == 10 and len(calls["lightning"]) == 5
+    assert len(calls["engine"]) == len(calls["autograd"]) == 5 and len(calls["loop"]) == 10
+    assert len(calls["lightning"]) == 5
     assert report["dropout"]["engine"] == pytest.approx(0.5 / 4) and report["dropout"]["repeats"] == 4
     assert report["dropout"]["torch_loop"] == pytest.approx(1.0 / 4)
     assert "the minimum of 4 timed repeats" in capsys.readouterr().out
@@ -229,17 +237,22 @@ def test_the_sweep_case_times_one_model_against_point_by_point_and_a_per_seed_lo
             clock.spend(seconds.pop(0))
         return run
 
-    # warm-up first, then 3 repeats: the best is 2 s for one model, 9 s point by point, 30 s looped
-    monkeypatch.setattr(bench, "train_points", spend("replicas", [0.1, 3.0, 2.0, 2.5]))
+    # warm-up first, then 3 repeats: the best is 2 s for one model (fused), 6 s by autograd, 10 s
+    # point by point, 10 s looped
+    fused, autograd = spend("replicas", [0.1, 3.0, 2.0, 2.5]), spend("autograd", [0.1, 7.0, 6.0, 8.0])
+    monkeypatch.setattr(bench, "train_points", lambda *a, engine: (fused if engine == "fused" else autograd)())
     monkeypatch.setattr(bench, "train", spend("point", [0.1] * 10 + [1.0] * 30))
     monkeypatch.setattr(bench, "run_torch_loop", spend("loop", [0.01] * 20 + [0.5] * 60))
     report = bench.main(["--config", CONFIG, "--epochs", "2", "--seeds", "2", "--cases", "sweep"], clock=clock)
     points = report["sweep"]["points_n"]
-    assert points == 10 and calls.count("replicas") == 4 and calls.count("point") == 4 * points
+    assert points == 10 and calls.count("replicas") == calls.count("autograd") == 4
+    assert calls.count("point") == 4 * points
     assert calls.count("loop") == 4 * points * 2  # every point's every seed, one after another
     replica_epochs = points * 2 * 2
     assert report["sweep"]["replicas"] == pytest.approx(2.0 / replica_epochs)
     assert report["sweep"]["points"] == pytest.approx(10.0 / replica_epochs)
     assert report["sweep"]["torch_loop"] == pytest.approx(10.0 / replica_epochs)
+    assert report["sweep"]["autograd"] == pytest.approx(6.0 / replica_epochs)
     assert report["sweep"]["ratio_points"] == pytest.approx(5.0)
+    assert report["sweep"]["ratio_autograd"] == pytest.approx(3.0)
     assert "point by point" in capsys.readouterr().out

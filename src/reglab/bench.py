@@ -1,8 +1,11 @@
-"""Benchmark: the replica engine against one-seed-at-a-time PyTorch and plain Lightning.
+"""Benchmark: the replica engine against its autograd form, one-seed-at-a-time PyTorch and plain Lightning.
 
 ``python -m reglab.bench`` trains the dropout study's model (500 hidden units, 30 samples), the
-batch-norm study's, the CNN's and the LSTM's with S seeds three ways in this one process and prints
-the time per replica-epoch of each and the engine's speed-up ratios against the two baselines.
+batch-norm study's, the CNN's and the LSTM's with S seeds four ways in this one process and prints
+the time per replica-epoch of each and the engine's speed-up ratios against the baselines: the
+engine as the workflow runs it (``engine="fused"``: the fused loop where the model allows, see
+:mod:`reglab.fused`), the replica engine by autograd alone (``engine="torch"``), a per-seed torch
+loop and plain Lightning.
 
 Every figure is the minimum over ``--repeats`` (at least 3) timed runs that follow one untimed
 warm-up run: the minimum is the run least disturbed by the rest of the machine, and the warm-up pays
@@ -208,12 +211,15 @@ def best_time(fn: Callable[[], object], repeats: int = MIN_REPEATS,
 
 def bench_case(spec: dict, data: dict, seeds: int, lightning_seeds: int, repeats: int = MIN_REPEATS,
                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Seconds per replica-epoch of the three ways of training ``spec``: each the best of ``repeats``
+    """Seconds per replica-epoch of the four ways of training ``spec``: each the best of ``repeats``
     runs after a warm-up (:func:`best_time`); a baseline's run trains its seeds one after another."""
     epochs = spec["training"]["epochs"]
 
     def engine():
-        train(spec, data, list(range(seeds)))
+        train(spec, data, list(range(seeds)), engine="fused")
+
+    def autograd():
+        train(spec, data, list(range(seeds)), engine="torch")
 
     def loop():
         for s in range(seeds):
@@ -224,6 +230,7 @@ def bench_case(spec: dict, data: dict, seeds: int, lightning_seeds: int, repeats
             run_plain_lightning(spec, data, s)
 
     return {"engine": best_time(engine, repeats, clock) / (seeds * epochs),
+            "autograd": best_time(autograd, repeats, clock) / (seeds * epochs),
             "torch_loop": best_time(loop, repeats, clock) / (seeds * epochs),
             "lightning": best_time(lightning, repeats, clock) / (lightning_seeds * epochs)}
 
@@ -234,17 +241,21 @@ SWEEP = ("dropout_ext", "dropout")
 
 def bench_sweep(specs: list[dict], data: dict, seeds: int, repeats: int = MIN_REPEATS,
                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Seconds per replica-epoch of a sweep (every spec with every seed) trained three ways: as the
-    replicas of one model (:func:`reglab.train.train_points`), point after point as separate models
-    of ``seeds`` replicas (how grid packs trained before), and a per-seed torch loop."""
+    """Seconds per replica-epoch of a sweep (every spec with every seed) trained four ways: as the
+    replicas of one model (:func:`reglab.train.train_points`), the same by autograd alone, point
+    after point as separate models of ``seeds`` replicas (by autograd: how grid packs trained
+    before), and a per-seed torch loop."""
     replica_epochs = len(specs) * seeds * specs[0]["training"]["epochs"]
 
     def replicas():
-        train_points(specs, data, list(range(seeds)))
+        train_points(specs, data, list(range(seeds)), engine="fused")
+
+    def autograd():
+        train_points(specs, data, list(range(seeds)), engine="torch")
 
     def points():
         for spec in specs:
-            train(spec, data, list(range(seeds)))
+            train(spec, data, list(range(seeds)), engine="torch")
 
     def loop():
         for spec in specs:
@@ -252,8 +263,9 @@ def bench_sweep(specs: list[dict], data: dict, seeds: int, repeats: int = MIN_RE
                 run_torch_loop(spec, data, s)
 
     t = {name: best_time(fn, repeats, clock) / replica_epochs
-         for name, fn in (("replicas", replicas), ("points", points), ("torch_loop", loop))}
-    t["ratio_points"], t["ratio_loop"] = t["points"] / t["replicas"], t["torch_loop"] / t["replicas"]
+         for name, fn in (("replicas", replicas), ("autograd", autograd), ("points", points), ("torch_loop", loop))}
+    for name in ("autograd", "points", "torch_loop"):
+        t[f"ratio_{'loop' if name == 'torch_loop' else name}"] = t[name] / t["replicas"]
     return t
 
 
@@ -293,27 +305,32 @@ def main(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_c
     config = validate_config(load_config(args.config))
     report = {}
     print(f"each figure: the minimum of {args.repeats} timed repeats after 1 untimed warm-up run")
-    print(f"{'case':<10} {'engine':>12} {'torch loop':>12} {'lightning':>12} {'vs loop':>8} {'vs L':>8}   (per replica-epoch)")
+    print(f"{'case':<10} {'engine':>12} {'autograd':>12} {'torch loop':>12} {'lightning':>12} {'vs autograd':>11}"
+          f" {'vs loop':>8} {'vs L':>8}   (per replica-epoch)")
     for case in (c for c in args.cases if c != "sweep"):
         study, variant = CASES[case]
         spec = variant_spec(config, study, variant)
         spec["training"]["epochs"] = min(args.epochs, spec["training"]["epochs"])
         data = make_dataset(spec["dataset"])
         t = bench_case(spec, data, args.seeds, args.lightning_seeds, args.repeats, clock)
+        t["ratio_autograd"] = t["autograd"] / t["engine"]
         t["ratio_loop"], t["ratio_lightning"] = t["torch_loop"] / t["engine"], t["lightning"] / t["engine"]
         t["repeats"] = args.repeats
         report[case] = t
-        print(f"{case:<10} {t['engine']*1e6:>10.1f}us {t['torch_loop']*1e6:>10.1f}us {t['lightning']*1e6:>10.1f}us"
-              f" {t['ratio_loop']:>7.1f}x {t['ratio_lightning']:>7.1f}x")
+        print(f"{case:<10} {t['engine']*1e6:>10.1f}us {t['autograd']*1e6:>10.1f}us {t['torch_loop']*1e6:>10.1f}us"
+              f" {t['lightning']*1e6:>10.1f}us {t['ratio_autograd']:>10.1f}x {t['ratio_loop']:>7.1f}x"
+              f" {t['ratio_lightning']:>7.1f}x")
     if "sweep" in args.cases:
         specs = sweep_specs(config, args.epochs)
         t = bench_sweep(specs, make_dataset(specs[0]["dataset"]), args.seeds, args.repeats, clock)
         t["repeats"], t["points_n"] = args.repeats, len(specs)
         report["sweep"] = t
         print(f"\nsweep {SWEEP[0]}/{SWEEP[1]}: {len(specs)} points x {args.seeds} seeds (per replica-epoch)")
-        print(f"{'':<10} {'one model':>12} {'point by point':>15} {'torch loop':>12} {'vs points':>10} {'vs loop':>8}")
-        print(f"{'sweep':<10} {t['replicas']*1e6:>10.1f}us {t['points']*1e6:>13.1f}us {t['torch_loop']*1e6:>10.1f}us"
-              f" {t['ratio_points']:>9.1f}x {t['ratio_loop']:>7.1f}x")
+        print(f"{'':<10} {'one model':>12} {'autograd':>12} {'point by point':>15} {'torch loop':>12}"
+              f" {'vs autograd':>11} {'vs points':>10} {'vs loop':>8}")
+        print(f"{'sweep':<10} {t['replicas']*1e6:>10.1f}us {t['autograd']*1e6:>10.1f}us {t['points']*1e6:>13.1f}us"
+              f" {t['torch_loop']*1e6:>10.1f}us {t['ratio_autograd']:>10.1f}x {t['ratio_points']:>9.1f}x"
+              f" {t['ratio_loop']:>7.1f}x")
     return report
 
 

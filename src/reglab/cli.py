@@ -209,6 +209,19 @@ def probability(text: str) -> float:
     return value
 
 
+def cmd_kernels(args: argparse.Namespace) -> None:
+    import json
+
+    import numba
+
+    from reglab.contract import write_text
+    from reglab.fused import compile_kernels
+
+    seconds = compile_kernels()
+    print(f"fused engine's loop compiled or loaded from numba's cache in {seconds:.1f} s", flush=True)
+    write_text(json.dumps({"numba": numba.__version__, "seconds": round(seconds, 3)}, indent=2), args.out)
+
+
 def cmd_docs(args: argparse.Namespace) -> None:
     from reglab.configdocs import render
 
@@ -232,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=json_object, required=True, help="the dataset's config entry as JSON")
     p.add_argument("--out", type=Path, required=True, help="npz file to write")
     p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("kernels", help="compile the fused engine's loop once, before training jobs load it")
+    p.add_argument("--out", type=Path, required=True, help="a JSON file saying so (the workflow's output)")
+    p.set_defaults(func=cmd_kernels)
 
     p = sub.add_parser("train", help="train one chunk of seeds of a pack of variants")
     what = p.add_mutually_exclusive_group(required=True)

@@ -20,9 +20,10 @@ from reglab.config import (
     validate_config,
     variant_spec,
 )
+from reglab.fused import fused_epoch_seconds, fused_layout
 from reglab.layerkinds import network_cost
 from reglab.provenance import DATA_MODULES, TRAINING_MODULES, code_hash
-from reglab.replicas import plan_models
+from reglab.replicas import batch_spec, plan_models
 from reglab.shapes import dataset_input, dataset_sizes
 
 SAFE_NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -56,6 +57,7 @@ PACKS = {
 # The hash of the code and versions each kind of job runs (reglab.provenance.code_hash): a param of
 # the rule, so that Snakemake's params trigger (on by default) reruns the jobs whose code changed.
 TRAIN_CODE = code_hash(TRAINING_MODULES)
+KERNEL_CODE = code_hash(("fused", "fusedkernels"))
 DATA_CODE = code_hash(DATA_MODULES)
 
 
@@ -101,6 +103,18 @@ def pack_specs_file(wildcards):
 def train_dataset(wildcards):
     """The dataset file the study trains on."""
     return contract.dataset_path(RESULTS, config["studies"][wildcards.study]["dataset"])
+
+
+def train_kernels(wildcards):
+    """The fused engine's compiled loop (compiled once by the fused_kernels rule, not by every
+    training job at the same time), when config's engine is fused. Ancient: compiling it again (its
+    code changed) reruns no training job by itself; the train rule's code_hash covers that code.
+    """
+    return (
+        [ancient(f"{RESULTS}/kernels/fused.json")]
+        if config["engine"] == "fused"
+        else []
+    )
 
 
 def train_seeds(wildcards):
@@ -180,18 +194,33 @@ def train_seconds(wildcards):
     with an LSTM) + REPLICA_STEP_SECONDS per replica + its forward and backward multiply-adds (3x
     the registry's forward `macs`, 2 flops each) for every replica and sample of the batch at
     1.5 GFLOP/s. The measured times behind these numbers are in reglab.layerkinds' docstring
-    (37 s for a 500-unit MLP of 10 seeds, 66 s of 50 seeds).
+    (37 s for a 500-unit MLP of 10 seeds, 66 s of 50 seeds). A model the fused engine trains
+    (config's engine fused, reglab.fused.fused_layout) costs its replica-epochs at
+    reglab.fused.fused_epoch_seconds instead.
     """
     specs = train_specs(wildcards)
     seconds = 10
     for model in train_models(wildcards):
         spec = specs[model.points[0]]
-        n_train, _ = dataset_sizes(spec["dataset"])
+        n_train, n_test = dataset_sizes(spec["dataset"])
+        replicas = len(model.replicas)
+        shape, _ = dataset_input(spec["dataset"])
+        layout = (
+            fused_layout(batch_spec([specs[p] for p in model.points]), shape)
+            if config["engine"] == "fused" and config["accelerator"] == "cpu"
+            else "autograd"
+        )
+        if not isinstance(layout, str):
+            seconds += (
+                spec["training"]["epochs"]
+                * replicas
+                * fused_epoch_seconds(spec, layout, n_train, n_test, shape[0])
+            )
+            continue
         batch_size = spec["training"]["batch_size"]
         batch = min(batch_size, n_train)
         steps = spec["training"]["epochs"] * -(-n_train // batch_size)
         cost = variant_cost(spec)
-        replicas = len(model.replicas)
         flops = steps * replicas * batch * cost.macs * 3 * 2
         seconds += (
             steps * (cost.step_seconds + replicas * REPLICA_STEP_SECONDS)

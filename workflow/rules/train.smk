@@ -1,7 +1,23 @@
+rule fused_kernels:
+    output:
+        f"{RESULTS}/kernels/fused.json",
+    log:
+        run_path("logs/kernels.log"),
+    priority: PREPARE_PRIORITY
+    localrule: True
+    conda:
+        "../envs/reglab.yaml"
+    params:
+        code_hash=KERNEL_CODE,
+    shell:
+        "python -m reglab kernels --out {output:q} > {log:q} 2>&1"
+
+
 rule train:
     input:
         dataset=train_dataset,
         specs=pack_specs_file,
+        kernels=train_kernels,
     output:
         directory(pack_dir("{study}", "{pack}", "{chunk}")),
     log:
