@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -108,6 +109,13 @@ def fused_layout(spec: dict, sample_shape: tuple[int, ...]) -> Layout | str:
     if optimizer["name"] not in ("adam", "sgd") or optimizer.get("nesterov"):
         return f"the {optimizer['name']} optimizer" + (" with Nesterov momentum" if optimizer.get("nesterov") else "")
     return Layout(tuple(range(hidden)), hidden, tuple(range(hidden + 1, head)), head)
+
+
+def fusable(sample_shape: tuple[int, ...]) -> Callable[[dict], bool]:
+    """For :func:`reglab.replicas.plan_models`' ``apart``: whether the fused engine trains a spec on
+    samples of ``sample_shape`` (a model of replicas it trains and replicas it cannot would train
+    wholly with autograd)."""
+    return lambda spec: isinstance(fused_layout(spec, tuple(sample_shape)), Layout)
 
 
 def _ops(spec: dict, indices: tuple[int, ...], replicas: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -98,13 +98,16 @@ class Model:
         return list(dict.fromkeys(p for p, _ in self.replicas))
 
 
-def plan_models(specs: list[dict], seeds: list[int], max_replicas: int | None = None) -> list[Model]:
+def plan_models(specs: list[dict], seeds: list[int], max_replicas: int | None = None,
+                apart: Callable[[dict], object] | None = None) -> list[Model]:
     """Group every (spec, seed) pair into models: specs of one :func:`signature` share a model
     (spec-major: all seeds of a spec, then the next), at most ``max_replicas`` replicas each (a larger
-    group is split into several models, one after another)."""
-    groups: dict[str, list[int]] = {}
+    group is split into several models, one after another). ``apart(spec)``: specs for which it
+    differs train in different models even with one signature (the fused engine keeps the variants
+    it trains apart from those only autograd can: :func:`reglab.fused.fusable`)."""
+    groups: dict[tuple, list[int]] = {}
     for i, spec in enumerate(specs):
-        groups.setdefault(signature(spec), []).append(i)
+        groups.setdefault((signature(spec), None if apart is None else apart(spec)), []).append(i)
     models = []
     for members in groups.values():
         pairs = [(p, int(s)) for p in members for s in seeds]

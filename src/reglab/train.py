@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from reglab.contract import HISTORY_METRICS
+from reglab.fused import fusable
 from reglab.module import ReplicaClassifier
 from reglab.replicas import batch_spec, plan_models, replica_seed, seed_label, split_random_state, stream_seed
 
@@ -298,11 +299,14 @@ def train_points(specs: list[dict], data: dict, seeds: list[int], threads: int =
     trains exactly as variant p alone with seed s would. Returns one result per spec, its replicas
     in seed order; each model's wall times are shared out among its variants by replica count.
     Progress goes to ``log`` (a text stream; None: no lines) and, per epoch and replica, to ``progress_csv``.
-    ``engine``: see :func:`fit_model`.
+    ``engine``: see :func:`fit_model`; with ``fused`` on the CPU, the variants the fused engine trains
+    and those it cannot form separate models (:func:`reglab.fused.fusable`).
     """
     configure_process(threads)
     shares: list[list[TrainResult]] = [[] for _ in specs]
-    models = plan_models(specs, seeds, max_replicas)
+    # the fused engine's variants apart from those only autograd trains (on the CPU)
+    apart = fusable(np.asarray(data["x_train"]).shape[1:]) if engine == "fused" and accelerator == "cpu" else None
+    models = plan_models(specs, seeds, max_replicas, apart)
     work = sum(len(m.replicas) * int(specs[m.points[0]]["training"]["epochs"]) for m in models)
     progress = Progress(work, progress_csv, log)
     for model in models:

@@ -20,7 +20,7 @@ from reglab.config import (
     validate_config,
     variant_spec,
 )
-from reglab.fused import fused_epoch_seconds, fused_layout
+from reglab.fused import fusable, fused_epoch_seconds, fused_layout
 from reglab.layerkinds import network_cost
 from reglab.provenance import DATA_MODULES, TRAINING_MODULES, code_hash
 from reglab.replicas import batch_spec, plan_models
@@ -105,16 +105,25 @@ def train_dataset(wildcards):
     return contract.dataset_path(RESULTS, config["studies"][wildcards.study]["dataset"])
 
 
+def model_layout(specs, model):
+    """The fused engine's layout of a training job's model (reglab.fused.fused_layout), or a string
+    (the reason) when autograd trains it: config's engine is torch, the accelerator not the CPU, or
+    the network not of the fused engine's family."""
+    if config["engine"] != "fused" or config["accelerator"] != "cpu":
+        return "autograd"
+    shape, _ = dataset_input(specs[model.points[0]]["dataset"])
+    return fused_layout(batch_spec([specs[p] for p in model.points]), shape)
+
+
 def train_kernels(wildcards):
     """The fused engine's compiled loop (compiled once by the fused_kernels rule, not by every
-    training job at the same time), when config's engine is fused. Ancient: compiling it again (its
-    code changed) reruns no training job by itself; the train rule's code_hash covers that code.
-    """
-    return (
-        [ancient(f"{RESULTS}/kernels/fused.json")]
-        if config["engine"] == "fused"
-        else []
-    )
+    training job at the same time), for a job with a model the fused engine trains. Ancient:
+    compiling it again (its code changed) reruns no training job by itself; the train rule's
+    code_hash covers that code."""
+    specs = train_specs(wildcards)
+    if all(isinstance(model_layout(specs, m), str) for m in train_models(wildcards)):
+        return []
+    return [ancient(f"{RESULTS}/kernels/fused.json")]
 
 
 def train_seeds(wildcards):
@@ -158,7 +167,11 @@ def train_models(wildcards):
     """The models the job trains (reglab.replicas.plan_models): a pack's points of one signature
     share a model, at most train_max_replicas replicas each."""
     seeds = chunk_seeds(config, wildcards.study, int(wildcards.chunk))
-    return plan_models(train_specs(wildcards), seeds, train_max_replicas(wildcards))
+    specs = train_specs(wildcards)
+    apart = None  # as reglab.train.train_points plans them
+    if config["engine"] == "fused" and config["accelerator"] == "cpu":
+        apart = fusable(dataset_input(specs[0]["dataset"])[0])
+    return plan_models(specs, seeds, train_max_replicas(wildcards), apart)
 
 
 def train_mem_mb(wildcards, attempt):
@@ -204,17 +217,13 @@ def train_seconds(wildcards):
         spec = specs[model.points[0]]
         n_train, n_test = dataset_sizes(spec["dataset"])
         replicas = len(model.replicas)
-        shape, _ = dataset_input(spec["dataset"])
-        layout = (
-            fused_layout(batch_spec([specs[p] for p in model.points]), shape)
-            if config["engine"] == "fused" and config["accelerator"] == "cpu"
-            else "autograd"
-        )
+        layout = model_layout(specs, model)
         if not isinstance(layout, str):
+            features = dataset_input(spec["dataset"])[0][0]
             seconds += (
                 spec["training"]["epochs"]
                 * replicas
-                * fused_epoch_seconds(spec, layout, n_train, n_test, shape[0])
+                * fused_epoch_seconds(spec, layout, n_train, n_test, features)
             )
             continue
         batch_size = spec["training"]["batch_size"]
