@@ -357,6 +357,7 @@ EOF
 }
 small_config 6 2 >"$WORK/small.yaml"
 small_config 200000 1 >"$WORK/forever.yaml" # many minutes of training
+echo "engine: torch" >>"$WORK/forever.yaml"      # with autograd (the fused engine trains it in about a minute)
 
 # Each run has a time limit (timeout), far above what it needs.
 log "starting the runs: timeout, slurm, local, grouped, account, partition"
