@@ -503,7 +503,14 @@ SLURM_LOG=$(grep -o '[^ ]*/slurm_logs/[^ ]*[0-9]\.log' "$WORK/timeout.log" | tai
 check "time limit: the run fails, does not hang" failed_not_hung "$RC_timeout"
 check "time limit: reported as TIMEOUT" has timeout "SLURM status is: 'TIMEOUT'"
 check "time limit: the SLURM log is named and kept (${SLURM_LOG:-none})" test -n "$SLURM_LOG" -a -f "${SLURM_LOG:-/}"
-check "time limit: the SLURM log says why" grep -q "DUE TO TIME LIMIT" "${SLURM_LOG:-/dev/null}"
+logs_reason() { # slurmstepd may write its line a moment after the run has seen the TIMEOUT
+    local end=$((SECONDS + 20))
+    until grep -q "DUE TO TIME LIMIT" "${SLURM_LOG:-/dev/null}"; do
+        [ "$SECONDS" -lt "$end" ] || return 1
+        sleep 1
+    done
+}
+check "time limit: the SLURM log says why" logs_reason
 check "time limit: the training job's own log is named" grep -qE "log: logs/train/[^ ]+\.log" "$WORK/timeout.log"
 has timeout "'TIMEOUT'" || show timeout 60
 
