@@ -223,6 +223,7 @@ def _write_job(run_dir: Path, study: str, variant: str, chunk: int, seeds: list[
         "schema_version": 1, "study": study, "variant": variant, "chunk": chunk, "seeds": seeds,
         "config_hash": "abc123def4567890", "spec": {"study": study, "variant": variant, "layers": layers},
         "fit_time_s": float(epoch_time.sum() + 0.5), "peak_rss_mb": 321.5, "threads": 1, "accelerator": "cpu",
+        "engine": "fused" if chunk == 0 else "torch",
         "versions": {"python": "3.11.7", "torch": "2.13.0", "pytorch_lightning": "2.6.6", "numpy": "2.4.6",
                      "scikit_learn": "1.9.1", "snakemake": "9.27.1"},
         "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},

@@ -109,6 +109,9 @@ def test_tables_claims_and_provenance(rendered):
     for key in PROVENANCE:
         assert f"<dt>{key}</dt>" in html
     assert "2.6.6" in html and "testhost" in html  # per-job versions and host from meta.json
+    jobs = html[html.index('<table class="jobs">'):]
+    jobs = jobs[:jobs.index("</table>")]
+    assert '<th scope="col">Engine</th>' in jobs and "<td>fused</td>" in jobs  # from meta.json
     assert "never 80%" in html.lower()
 
 

@@ -45,7 +45,7 @@ from .contract import FINAL, HISTORY, HISTORY_COLUMNS, HISTORY_METRICS, META, RU
 
 RUNTIME_COLUMNS = ("study", "variant", "chunk", "n_seeds", "n_epochs", "fit_time_s",
                    "fit_time_per_seed_s", "epoch_time_mean_s", "epoch_time_std_s", "peak_rss_mb",
-                   "threads", "accelerator")
+                   "threads", "accelerator", "engine")
 
 
 def per_seed_columns() -> tuple[str, ...]:
@@ -261,6 +261,7 @@ def runtime_row(hist: pd.DataFrame, meta: dict) -> dict:
         "epoch_time_std_s": std(times),
         "peak_rss_mb": meta["peak_rss_mb"], "threads": meta["threads"],
         "accelerator": meta.get("accelerator", ""),
+        "engine": meta.get("engine", ""),  # fused or torch (reglab.fused); runs before the fused engine: none
     }
 
 

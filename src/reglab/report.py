@@ -451,9 +451,9 @@ def _source_hosts(sources) -> dict[str, str]:
 
 
 def jobs_table(metas: list[dict]) -> dict:
-    """Per-job provenance: seeds, threads, accelerator, times, versions, git, host."""
+    """Per-job provenance: seeds, threads, accelerator, engine, times, versions, git, host."""
     vkeys = list(dict.fromkeys(k for m in metas for k in (m.get("versions") or {})))
-    headers = ["Study", "Variant", "Chunk", "Seeds", "Threads", "Accelerator", "Fit time", "Peak RSS",
+    headers = ["Study", "Variant", "Chunk", "Seeds", "Threads", "Accelerator", "Engine", "Fit time", "Peak RSS",
                *vkeys, "Git", "Config hash", "Host", "CPU", "Started", "Finished"]
     rows = []
     for m in metas:
@@ -462,7 +462,7 @@ def jobs_table(metas: list[dict]) -> dict:
         rows.append([
             m.get("study", ""), m.get("variant", ""), str(m.get("chunk", "")),
             f"{seeds[0]}\u2013{seeds[-1]} ({len(seeds)})" if seeds else "", str(m.get("threads", "")),
-            str(m.get("accelerator", "")), fmt_time(m.get("fit_time_s")),
+            str(m.get("accelerator", "")), str(m.get("engine", "")), fmt_time(m.get("fit_time_s")),
             f"{fmt(m.get('peak_rss_mb'), 0)} MB", *(str((m.get("versions") or {}).get(k, "")) for k in vkeys),
             f"{str(git.get('commit', ''))[:10]}{' (dirty)' if git.get('dirty') else ''}",
             str(m.get("config_hash", ""))[:12], str(m.get("hostname", "")), str(m.get("cpu", "")),
