@@ -16,6 +16,7 @@ from reglab.config import ConfigError, load_config, validate_config
 from reglab.data import make_dataset
 from reglab.fused import Layout, fused_layout, noise_states
 from reglab.train import train, train_points
+from test_sweeps import at
 
 DENSE = {"activation": "linear", "kernel_initializer": "glorot_uniform", "use_bias": True, "max_norm": None,
          "unit_norm": False, "weight_noise": 0.0}
@@ -124,15 +125,6 @@ SWEEPS = {
     "adam lr": (spec(), ("training", "optimizer", "lr"), [0.001, 0.01, 0.05]),
     "sgd lr": (spec(optimizer=SGD), ("training", "optimizer", "lr"), [0.01, 0.1]),
 }
-
-
-def at(tree, path, value):
-    tree = copy.deepcopy(tree)
-    node = tree
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-    return tree
 
 
 @pytest.mark.parametrize("kind", list(SWEEPS))
