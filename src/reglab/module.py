@@ -6,7 +6,9 @@ walks its own shuffled order of the training set in mini-batches (``batch_size``
 kept), then the test set is evaluated in inference mode. After each block the module reports to its
 ``progress`` callback (:class:`reglab.train.Progress`: the job's log line and per-epoch CSV). The
 loss is the sum of the replicas' mean losses, so each replica's weights receive exactly the gradient
-of its own independent training.
+of its own independent training. On the CPU, a network of the fused engine's family
+(:func:`reglab.fused.fused_layout`) trains its blocks in that engine's compiled loop instead
+(:class:`reglab.fused.FusedBlocks`), with the same shuffles, history and progress reports.
 """
 
 from __future__ import annotations
