@@ -118,14 +118,14 @@ def fusable(sample_shape: tuple[int, ...]) -> Callable[[dict], bool]:
     return lambda spec: isinstance(fused_layout(spec, tuple(sample_shape)), Layout)
 
 
-def _ops(spec: dict, indices: tuple[int, ...], replicas: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Op codes [ops] and per-replica parameters [ops, S] (noise: stddev; dropout: keep probability
-    and 1/keep, computed in float64 and rounded once, as :class:`reglab.layers.Rate` does)."""
+def _ops(layers: list[tuple[str, dict]], replicas: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Op codes [ops] and per-replica parameters [ops, S] of ``(kind, params)`` layers (noise: stddev;
+    dropout: keep probability and 1/keep, computed in float64 and rounded once, as
+    :class:`reglab.layers.Rate` does; a linear activation is no op)."""
     from reglab import fusedkernels as K
 
     codes, params, scales = [], [], []
-    for i in indices:
-        (kind, p), = spec["layers"][i].items()
+    for kind, p in layers:
         if kind == "activation":
             if p["name"] == "linear":
                 continue
@@ -195,20 +195,18 @@ class FusedBlocks:
         self.params = [t.detach().numpy().reshape(s, -1) for t in (hidden.kernel, hidden.bias, head.kernel, head.bias)]
         self.theta = np.ascontiguousarray(np.concatenate(self.params, axis=1))
         self.moments = (np.zeros_like(self.theta), np.zeros_like(self.theta))
-        self.input_ops = _ops(spec, layout.input_ops, s)
-        hidden_ops = _ops(spec, layout.hidden_ops, s)
-        if spec["layers"][layout.hidden]["dense"].get("activation", "linear") == "relu":
-            hidden_ops = (np.concatenate([[K.OP_RELU], hidden_ops[0]]).astype(np.int64),
-                          np.concatenate([np.zeros((1, s), np.float32), hidden_ops[1]]),
-                          np.concatenate([np.zeros((1, s), np.float32), hidden_ops[2]]))
-        self.hidden_ops = hidden_ops
+        layers = [next(iter(layer.items())) for layer in spec["layers"]]
+        self.input_ops = _ops([layers[i] for i in layout.input_ops], s)
+        # the hidden Dense's own activation is the first of the ops after it
+        own = ("activation", {"name": layers[layout.hidden][1].get("activation", "linear")})
+        self.hidden_ops = _ops([own, *(layers[i] for i in layout.hidden_ops)], s)
         training = spec["training"]
         opt = dict(training["optimizer"])
         self.optimizer = 0 if opt["name"] == "adam" else 1
         self.lr = _per_replica(opt.get("lr"), s, 0.0)
         self.betas = (float(opt.get("beta_1", 0.9)), float(opt.get("beta_2", 0.999)), float(opt.get("epsilon", 1e-7)))
         self.momentum = float(opt.get("momentum", 0.0))
-        self.max_norm = _per_replica(spec["layers"][layout.hidden]["dense"].get("max_norm"), s, np.inf)
+        self.max_norm = _per_replica(layers[layout.hidden][1].get("max_norm"), s, np.inf)
         self.label_flip = _per_replica(training.get("label_flip", 0.0), s, 0.0)
         gradient_noise = training.get("gradient_noise") or {}
         self.grad_eta = _per_replica(gradient_noise.get("eta", 0.0), s, 0.0)
@@ -220,7 +218,7 @@ class FusedBlocks:
         self.y_train = y_train if module.replica_rows is not None else y_train[None]
         self.x_test = np.ascontiguousarray(module.x_test.numpy())
         self.y_test = np.ascontiguousarray(module.y_test.numpy())
-        self.orders = np.ascontiguousarray(module.orders.numpy().astype(np.int64))
+        self.orders = np.ascontiguousarray(module.orders.numpy().astype(np.int64, copy=False))  # no copy: int64
         self.metrics = module.epoch_metrics.numpy()
 
     def run(self, first: int, last: int, updates: int) -> float:

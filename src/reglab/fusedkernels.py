@@ -255,7 +255,6 @@ def train_block(first, last, updates, orders, x_train, y_train, x_test, y_test, 
     g = np.empty((bmax, units), np.float32)
     saved = np.empty((hid_codes.shape[0], bmax, units), np.float32)
     no_saved = np.empty((0, 1, 1), np.float32)
-    dl = np.empty(bmax, np.float32)
     targets = np.empty(n, np.float32)
     grad = np.empty(n_par, np.float32)
     z = np.empty(units, np.float32)
@@ -307,7 +306,6 @@ def train_block(first, last, updates, orders, x_train, y_train, x_test, y_test, 
                         correct += 1
                     # d(batch mean loss)/d(logit), then the head's gradients and the hidden one
                     d = (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-logit))) - t) / np.float32(nb)
-                    dl[b] = d
                     grad[o_b2] += d
                     gb = g[b]
                     for u in range(units):

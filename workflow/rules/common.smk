@@ -105,11 +105,17 @@ def train_dataset(wildcards):
     return contract.dataset_path(RESULTS, config["studies"][wildcards.study]["dataset"])
 
 
+def fused_engine():
+    """Whether the training jobs use the fused engine where a model allows (reglab.train.train_points
+    with engine fused, on the CPU)."""
+    return config["engine"] == "fused" and config["accelerator"] == "cpu"
+
+
 def model_layout(specs, model):
     """The fused engine's layout of a training job's model (reglab.fused.fused_layout), or a string
     (the reason) when autograd trains it: config's engine is torch, the accelerator not the CPU, or
     the network not of the fused engine's family."""
-    if config["engine"] != "fused" or config["accelerator"] != "cpu":
+    if not fused_engine():
         return "autograd"
     shape, _ = dataset_input(specs[model.points[0]]["dataset"])
     return fused_layout(batch_spec([specs[p] for p in model.points]), shape)
@@ -169,7 +175,7 @@ def train_models(wildcards):
     seeds = chunk_seeds(config, wildcards.study, int(wildcards.chunk))
     specs = train_specs(wildcards)
     apart = None  # as reglab.train.train_points plans them
-    if config["engine"] == "fused" and config["accelerator"] == "cpu":
+    if fused_engine():
         apart = fusable(dataset_input(specs[0]["dataset"])[0])
     return plan_models(specs, seeds, train_max_replicas(wildcards), apart)
 
