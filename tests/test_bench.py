@@ -49,6 +49,24 @@ def test_best_time_is_the_minimum_of_the_repeats_after_an_untimed_warm_up():
     assert bench.best_time(fn, 5, clock) == pytest.approx(2.0) and len(calls) == 6
 
 
+
+def test_best_times_interleave_the_ways_after_their_warm_ups():
+    """One call of each per round: a slow spell of the machine (here the second round) costs every
+    way the same round, and each figure is still its own minimum."""
+    clock, order = FakeClock(), []
+    spells = {"a": iter([0.1, 2.0, 9.0, 3.0]), "b": iter([0.1, 4.0, 9.0, 5.0])}
+
+    def way(name):
+        def fn():
+            order.append(name)
+            clock.spend(next(spells[name]))
+        return fn
+
+    best = bench.best_times({"a": way("a"), "b": way("b")}, 3, clock)
+    assert order == ["a", "b"] * 4  # warm-ups, then three rounds
+    assert best == {"a": pytest.approx(2.0), "b": pytest.approx(4.0)}
+
+
 #: seconds each fake run spends, in call order, per case: the warm-up first, then 3 repeats. The loop
 #: trains 2 seeds per run (one call each; run totals 8, 6, 7: best 6); plain Lightning 1 seed per run.
 PLAN = {

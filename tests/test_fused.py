@@ -1,6 +1,6 @@
-"""The fused engine (reglab.fused): which networks it trains, its random numbers, sweeps as replicas,
-agreement with autograd, and the engine recorded with every run. Its training against an
-independent plain-torch reference is in tests/test_reference_training.py."""
+"""The fused engine (reglab.fused): which networks it trains, its random numbers and gate
+nonlinearities, sweeps as replicas, agreement with autograd, and the engine recorded with every run.
+Its training against an independent plain-torch reference is in tests/test_reference_training.py."""
 
 import copy
 import json
@@ -30,11 +30,24 @@ MLP = [{"gaussian_noise": {"stddev": 0.05}}, {"dropout": {"rate": 0.1}},
        {"activation": {"name": "relu"}}, {"dropout": {"rate": 0.3}}, HEAD]
 
 
-def spec(layers=MLP, optimizer=ADAM, epochs=3, **training):
-    return {"study": "s", "variant": "v", "dataset": {"name": "d", **CIRCLES},
+SEQUENCES = {"generator": "make_sequences",
+             "params": {"n_samples": 70, "length": 6, "noise": 0.5, "n_classes": 2, "random_state": 1}, "n_train": 40}
+LSTM = {"units": 5, "return_sequences": False, "dropout": 0.0, "recurrent_dropout": 0.0}
+# every op of the LSTM family: noise and dropout on the inputs (per step), the LSTM's own input
+# dropout, noise, ReLU and dropout after it
+RNN = [{"gaussian_noise": {"stddev": 0.05}}, {"dropout": {"rate": 0.1}}, {"lstm": {**LSTM, "dropout": 0.2}},
+       {"gaussian_noise": {"stddev": 0.1}}, {"activation": {"name": "relu"}}, {"dropout": {"rate": 0.3}}, HEAD]
+
+
+def spec(layers=MLP, optimizer=ADAM, epochs=3, dataset=CIRCLES, **training):
+    return {"study": "s", "variant": "v", "dataset": {"name": "d", **dataset},
             "training": {"optimizer": dict(optimizer), "epochs": epochs, "batch_size": 16, "label_flip": 0.0,
                          "gradient_noise": {"eta": 0.0, "gamma": 0.55}, **training},
             "layers": copy.deepcopy(layers)}
+
+
+def rnn(layers=RNN, optimizer=ADAM, epochs=3, **training):
+    return spec(layers, optimizer, epochs, SEQUENCES, **training)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +55,35 @@ def data():
     return make_dataset(CIRCLES)
 
 
+@pytest.fixture(scope="module")
+def sequences():
+    return make_dataset(SEQUENCES)
+
+
 # ---- which networks ----
 
 
 def test_the_layout_places_input_ops_hidden_layer_hidden_ops_and_head():
     assert fused_layout(spec(), (2,)) == Layout(input_ops=(0, 1), hidden=2, hidden_ops=(3, 4, 5), head=6)
+    assert fused_layout(rnn(), (6, 1)) == Layout(input_ops=(0, 1), hidden=2, hidden_ops=(3, 4, 5), head=6,
+                                                 kind="lstm")
+
+
+def lstm_layers(*middle, **lstm):
+    return [{"lstm": {**LSTM, **lstm}}, *middle, HEAD]
 
 
 @pytest.mark.parametrize(("layers", "shape", "reason"), [
-    (MLP, (8, 8), "not vectors"),
+    (MLP, (1, 8, 8), "not vectors or sequences"),
+    (MLP, (8, 2), "not one LSTM layer and a Dense head"),
+    (RNN, (3,), "not one hidden Dense layer"),
+    (lstm_layers(recurrent_dropout=0.2), (6, 1), "recurrent_dropout"),
+    (lstm_layers(recurrent_dropout=[0.0, 0.2]), (6, 1), "recurrent_dropout"),
+    (lstm_layers(return_sequences=True), (6, 1), "return_sequences"),
+    (lstm_layers({"batch_norm": {}}), (6, 1), "a batch_norm layer"),
+    (lstm_layers({"activation": {"name": "tanh"}}), (6, 1), "a tanh activation"),
+    ([{"lstm": {**LSTM, "return_sequences": True}}, *lstm_layers()], (6, 1), "not one LSTM"),
+    ([{"lstm": LSTM}, {"dense": {**DENSE, "units": 3, "activation": "softmax"}}], (6, 1), "a head other than"),
     ([{"dense": {**DENSE, "units": 4}}, {"dense": {**DENSE, "units": 4}}, HEAD], (2,), "not one hidden Dense"),
     ([{"dense": {**DENSE, "units": 4, "activation": "tanh"}}, HEAD], (2,), "hidden tanh activation"),
     ([{"dense": {**DENSE, "units": 4, "weight_noise": 0.1}}, HEAD], (2,), "weight noise"),
@@ -62,11 +95,36 @@ def test_networks_outside_the_family_are_refused_with_the_reason(layers, shape, 
     assert reason in fused_layout(spec(layers), shape)
 
 
-def test_a_network_outside_the_family_trains_with_autograd_and_says_so(data):
+def test_a_network_outside_the_family_trains_with_autograd_and_says_so(data, sequences):
     layers = [{"dense": {**DENSE, "units": 4, "activation": "tanh"}}, HEAD]
     assert train(spec(layers), data, [0]).engine == "torch"
     assert train(spec(), data, [0]).engine == "fused"
     assert train(spec(), data, [0], engine="torch").engine == "torch"
+    assert train(rnn(), sequences, [0]).engine == "fused"
+    assert train(rnn(lstm_layers(recurrent_dropout=0.2)), sequences, [0]).engine == "torch"
+
+
+# ---- the LSTM loop's gate nonlinearities ----
+
+
+@pytest.mark.parametrize(("name", "reference", "tolerance"), [
+    ("tanh", np.tanh, 3e-7),
+    ("sigmoid", lambda x: 0.5 * (1 + np.tanh(x / 2)), 1.5e-7),  # 1 / (1 + exp(-x)), without overflow
+])
+def test_the_gate_nonlinearities_are_within_their_stated_error(name, reference, tolerance):
+    x = np.concatenate([np.linspace(-30, 30, 400_001), np.geomspace(1e-12, 1e-3, 1000),
+                        -np.geomspace(1e-12, 1e-3, 1000), [0.0, 7.9, -7.9, 9.0, 88.0, -88.0, 1e30, -1e30]])
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    getattr(K, f"fill_{name}")(x, out)
+    want = reference(x.astype(np.float64))
+    assert np.abs(out - want).max() <= tolerance
+    # near zero tanh(x) ~ x and sigmoid(x) ~ 1/2 + x/4: the relative error of the small values stays small
+    small = (np.abs(x) < 1e-3) & (x != 0)
+    if name == "tanh":
+        assert np.all(np.abs(out[small] - want[small]) <= 1e-6 * np.abs(want[small]))
+    # bounded, and monotone but for wiggles within the error bound
+    assert np.all((out >= -1) & (out <= 1)) and np.all(np.diff(out[:400_001]) >= -2 * tolerance)
 
 
 # ---- random numbers ----
@@ -127,9 +185,21 @@ SWEEPS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(SWEEPS))
-def test_each_grid_point_as_a_replica_trains_bit_for_bit_as_it_would_alone(kind, data):
-    base, path, values = SWEEPS[kind]
+RNN_SWEEPS = {
+    "lstm: input dropout rate": (rnn(), ("layers", 1, "dropout", "rate"), [0.0, 0.3]),
+    "lstm: its own dropout": (rnn(), ("layers", 2, "lstm", "dropout"), [0.0, 0.2, 0.5]),
+    "lstm: noise after": (rnn(), ("layers", 3, "gaussian_noise", "stddev"), [0.0, 0.3]),
+    "lstm: dropout after": (rnn(), ("layers", 5, "dropout", "rate"), [0.0, 0.3]),
+    "lstm: label flip": (rnn(), ("training", "label_flip"), [0.0, 0.2]),
+    "lstm: gradient noise eta": (rnn(), ("training", "gradient_noise", "eta"), [0.0, 0.05]),
+    "lstm: sgd lr": (rnn(optimizer=SGD), ("training", "optimizer", "lr"), [0.01, 0.1]),
+}
+
+
+@pytest.mark.parametrize("kind", [*SWEEPS, *RNN_SWEEPS])
+def test_each_grid_point_as_a_replica_trains_bit_for_bit_as_it_would_alone(kind, data, sequences):
+    base, path, values = SWEEPS[kind] if kind in SWEEPS else RNN_SWEEPS[kind]
+    data = data if kind in SWEEPS else sequences
     points = [at(base, path, v) for v in values]
     seeds = [3, 5]
     assert len(replicas.plan_models(points, seeds)) == 1
@@ -157,6 +227,38 @@ def test_without_random_draws_the_engines_agree(optimizer, data):
     for metric in fused.history:
         np.testing.assert_allclose(fused.history[metric], autograd.history[metric], atol=1e-4, err_msg=metric)
     np.testing.assert_allclose(fused.prob, autograd.prob, atol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", [ADAM, SGD])
+def test_without_random_draws_the_lstm_engines_agree(optimizer, sequences):
+    """Within what the loop's approximate tanh and sigmoid (3e-7) allow, over 30 epochs."""
+    layers = [{"lstm": {**LSTM, "units": 8}}, {"activation": {"name": "relu"}}, HEAD]
+    fused = train(rnn(layers, optimizer, epochs=30), sequences, [0, 1, 2])
+    autograd = train(rnn(layers, optimizer, epochs=30), sequences, [0, 1, 2], engine="torch")
+    assert (fused.engine, autograd.engine) == ("fused", "torch")
+    for metric in fused.history:
+        np.testing.assert_allclose(fused.history[metric], autograd.history[metric], atol=1e-4, err_msg=metric)
+    np.testing.assert_allclose(fused.final["test_loss"], autograd.final["test_loss"], atol=1e-4)
+
+
+def test_the_lstm_loop_uses_one_blas_thread_whatever_the_machine_has(sequences, monkeypatch):
+    """The loop's matrix products run on one thread (its own order of work) and leave the process's
+    BLAS thread counts as they were."""
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    original = K.train_lstm_block
+
+    def spy(*args):
+        seen.append({i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return original(*args)
+
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    monkeypatch.setattr(K, "train_lstm_block", spy)
+    train(rnn(epochs=2), sequences, [0])
+    assert seen and all(set(threads.values()) == {1} for threads in seen)
+    assert {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == before
 
 
 def test_a_diverging_replica_shows_as_nan_from_its_epoch_on_and_leaves_the_others(data):

@@ -18,8 +18,9 @@ numbers) and reproduces the engine's draw order itself:
 The whole history (train metrics as Keras reports them, test metrics in inference mode, every
 epoch), the final evaluation and the final weights are compared.
 
-Both engines are checked: autograd (``engine="torch"``, every family) and the fused loop
-(``engine="fused"``, the families :func:`reglab.fused.fused_layout` covers). The fused engine draws
+Both engines are checked: autograd (``engine="torch"``, every family) and the fused loops
+(``engine="fused"``, the families :func:`reglab.fused.fused_layout` covers: its LSTM loop to the
+precision of its approximate tanh and sigmoid, well within the tolerances). The fused engine draws
 from a SplitMix64 stream per replica instead of torch's generator, in the same order; the reference
 then takes its draws from that stream (:class:`SplitMixStream`, the fused engine's own fills, whose
 distributions tests/test_fused.py checks), and computes everything else itself.
@@ -109,11 +110,23 @@ FAMILIES = {
     "lstm_variational": ("sequences", [lstm(6, dropout=0.3, recurrent_dropout=0.4), SIGMOID_HEAD], ADAM, 3, 16, {}),
     "lstm_input_dropout_bn": ("sequences", [lstm(6, return_sequences=True, dropout=0.3), batch_norm(),
                                           lstm(5), SIGMOID_HEAD], SGD, 2, 16, {}),
+    "lstm_dropouts_2_features": ("sequences_2", [{"dropout": {"rate": 0.2}}, lstm(6, dropout=0.3),
+                                               {"dropout": {"rate": 0.4}}, SIGMOID_HEAD], ADAM, 3, 16, {}),
+    "lstm_noise_sgd": ("sequences", [{"gaussian_noise": {"stddev": 0.1}}, lstm(6), {"gaussian_noise": {"stddev": 0.2}},
+                                     {"activation": {"name": "relu"}}, SIGMOID_HEAD], SGD, 3, 16,
+                       {"label_flip": 0.1, "gradient_noise": {"eta": 0.01, "gamma": 0.55}}),
 }
+
+
+def two_features(data: dict) -> dict:
+    """Sequences with a second feature per step (the first's square, less 1)."""
+    return {k: np.concatenate([v, v * v - 1], axis=-1).astype(np.float32) if k.startswith("x") else v
+            for k, v in data.items()}
 
 
 def make_spec(family: str) -> dict:
     dataset, layers, optimizer, epochs, batch_size, extras = FAMILIES[family]
+    dataset = dataset.removesuffix("_2")
     training = {"optimizer": optimizer, "epochs": epochs, "batch_size": batch_size, "label_flip": 0.0,
                 "gradient_noise": {"eta": 0.0, "gamma": 0.55}, **extras}
     return {"study": "reference", "variant": family, "dataset": {"name": dataset, **DATASETS[dataset]},
@@ -547,7 +560,8 @@ def reference_buffers(ref):
 
 @pytest.fixture(scope="module")
 def datasets():
-    return {name: make_dataset(d) for name, d in DATASETS.items()}
+    made = {name: make_dataset(d) for name, d in DATASETS.items()}
+    return {**made, "sequences_2": two_features(made["sequences"])}
 
 
 def fusable(family: str) -> bool:
@@ -556,7 +570,8 @@ def fusable(family: str) -> bool:
 
 
 #: the families the fused engine trains (the others fall back to autograd, tested as torch)
-FUSED_FAMILIES = ["dropout_mlp_adam", "noise_mlp", "label_flip", "max_norm_sgd", "gradient_noise_relu"]
+FUSED_FAMILIES = ["dropout_mlp_adam", "noise_mlp", "label_flip", "max_norm_sgd", "gradient_noise_relu",
+                  "lstm_dropouts_2_features", "lstm_noise_sgd"]
 CASES = [(f, "torch") for f in FAMILIES] + [(f, "fused") for f in FUSED_FAMILIES]
 
 

@@ -9,7 +9,9 @@ loop and plain Lightning.
 
 Every figure is the minimum over ``--repeats`` (at least 3) timed runs that follow one untimed
 warm-up run: the minimum is the run least disturbed by the rest of the machine, and the warm-up pays
-for one-off costs (imports, allocator, thread pools) that a long study pays once. A run of the
+for one-off costs (imports, allocator, thread pools, loading compiled loops) that a long study pays
+once. A case's ways of training run in turns, one run of each per round, so that a change in the
+machine's load reaches all of them alike. A run of the
 per-seed baselines trains all S (or ``--lightning-seeds``) seeds one after another, as one call of
 the engine trains all S at once.
 """
@@ -195,24 +197,35 @@ def run_plain_lightning(spec: dict, data: dict, seed: int) -> None:
     trainer.fit(PlainLitModel(spec, data["x_train"].shape[1:], seed), train_dl, val_dl)
 
 
+def best_times(fns: dict[str, Callable[[], object]], repeats: int = MIN_REPEATS,
+               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Seconds of each ``fns[name]()``: the minimum of ``repeats`` timed calls after one untimed
+    warm-up call. The calls are interleaved, one of each per round (the warm-ups first), so that a
+    change in the machine's load while they run reaches every figure alike, not only the last ones."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
+    for fn in fns.values():  # warm-ups, not timed
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
 def best_time(fn: Callable[[], object], repeats: int = MIN_REPEATS,
               clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds of ``fn()``: the minimum of ``repeats`` timed calls after one untimed warm-up call."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, not {repeats}")
-    fn()  # warm-up, not timed
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)
+    return best_times({"fn": fn}, repeats, clock)["fn"]
 
 
 def bench_case(spec: dict, data: dict, seeds: int, lightning_seeds: int, repeats: int = MIN_REPEATS,
                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Seconds per replica-epoch of the four ways of training ``spec``: each the best of ``repeats``
-    runs after a warm-up (:func:`best_time`); a baseline's run trains its seeds one after another."""
+    runs after a warm-up, the four interleaved (:func:`best_times`); a baseline's run trains its
+    seeds one after another."""
     epochs = spec["training"]["epochs"]
 
     def engine():
@@ -229,10 +242,9 @@ def bench_case(spec: dict, data: dict, seeds: int, lightning_seeds: int, repeats
         for s in range(lightning_seeds):
             run_plain_lightning(spec, data, s)
 
-    return {"engine": best_time(engine, repeats, clock) / (seeds * epochs),
-            "autograd": best_time(autograd, repeats, clock) / (seeds * epochs),
-            "torch_loop": best_time(loop, repeats, clock) / (seeds * epochs),
-            "lightning": best_time(lightning, repeats, clock) / (lightning_seeds * epochs)}
+    t = best_times({"engine": engine, "autograd": autograd, "torch_loop": loop, "lightning": lightning}, repeats, clock)
+    return {"engine": t["engine"] / (seeds * epochs), "autograd": t["autograd"] / (seeds * epochs),
+            "torch_loop": t["torch_loop"] / (seeds * epochs), "lightning": t["lightning"] / (lightning_seeds * epochs)}
 
 
 #: the sweep case: a grid (study, grid id) whose points x seeds train three ways
@@ -262,8 +274,8 @@ def bench_sweep(specs: list[dict], data: dict, seeds: int, repeats: int = MIN_RE
             for s in range(seeds):
                 run_torch_loop(spec, data, s)
 
-    t = {name: best_time(fn, repeats, clock) / replica_epochs
-         for name, fn in (("replicas", replicas), ("autograd", autograd), ("points", points), ("torch_loop", loop))}
+    t = {name: seconds / replica_epochs for name, seconds in best_times(
+        {"replicas": replicas, "autograd": autograd, "points": points, "torch_loop": loop}, repeats, clock).items()}
     for name in ("autograd", "points", "torch_loop"):
         t[f"ratio_{'loop' if name == 'torch_loop' else name}"] = t[name] / t["replicas"]
     return t

@@ -218,7 +218,7 @@ def cmd_kernels(args: argparse.Namespace) -> None:
     from reglab.fused import compile_kernels
 
     seconds = compile_kernels()
-    print(f"fused engine's loop compiled or loaded from numba's cache in {seconds:.1f} s", flush=True)
+    print(f"fused engine's loops compiled or loaded from numba's cache in {seconds:.1f} s", flush=True)
     write_text(json.dumps({"numba": numba.__version__, "seconds": round(seconds, 3)}, indent=2), args.out)
 
 
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="npz file to write")
     p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("kernels", help="compile the fused engine's loop once, before training jobs load it")
+    p = sub.add_parser("kernels", help="compile the fused engine's loops once, before training jobs load them")
     p.add_argument("--out", type=Path, required=True, help="a JSON file saying so (the workflow's output)")
     p.set_defaults(func=cmd_kernels)
 

@@ -1,17 +1,25 @@
 """The fused engine: one compiled loop trains a block of epochs of every replica of a model, for the
-family of networks that dominates the studies' cost (the seed's 500-unit MLP over 4,000 epochs).
+families of networks that dominate the studies' cost (the seed's 500-unit MLP over 4,000 epochs)
+or that autograd trains slowly (a small LSTM, step by step).
 
-The family (:func:`fused_layout`): 1-D inputs, Gaussian noise and dropout on them, one hidden Dense
-(linear or ReLU, with or without a max-norm constraint), Gaussian noise, dropout and ReLU after it,
-and a ``Dense(1, sigmoid)`` head; Adam or SGD (with momentum), label flips and gradient noise; every
-per-replica hyperparameter of :mod:`reglab.replicas` may differ between replicas. Any other model
-trains with autograd (:mod:`reglab.module`), as does every model on a GPU.
+The families (:func:`fused_layout`), each with a ``Dense(1, sigmoid)`` head, Adam or SGD (with
+momentum), label flips and gradient noise, and every per-replica hyperparameter of
+:mod:`reglab.replicas` free to differ between replicas:
 
-The loop (:func:`reglab.fusedkernels.train_block`) computes what the autograd engine computes --
-Keras ``fit`` semantics, the same initial weights (the network's own), the same per-epoch shuffles,
-evaluation in inference mode -- with the forward and backward passes and the optimizer fused per
-replica, so that a replica's activations stay in the CPU's cache instead of crossing memory once per
-operation. Its random draws (dropout masks, noise, label flips) come from each replica's own
+- *dense* (:func:`reglab.fusedkernels.train_block`): 1-D inputs, Gaussian noise and dropout on
+  them, one hidden Dense (linear or ReLU, with or without a max-norm constraint), then Gaussian
+  noise, dropout and ReLU;
+- *lstm* (:func:`reglab.fusedkernels.train_lstm_block`): sequences, Gaussian noise and dropout on them
+  (per step), one ``LSTM`` returning its last output (with its input ``dropout``; no
+  ``recurrent_dropout``), then Gaussian noise, dropout and ReLU.
+
+Any other model trains with autograd (:mod:`reglab.module`), as does every model on a GPU.
+
+A loop computes what the autograd engine computes -- Keras ``fit`` semantics, the same initial
+weights (the network's own), the same per-epoch shuffles, evaluation in inference mode -- with the
+forward and backward passes and the optimizer fused per replica, so that a replica's activations
+stay in the CPU's cache instead of crossing memory once per operation (the LSTM loop's tanh and
+sigmoid are rational approximations within 3e-7: see :mod:`reglab.fusedkernels`). Its random draws (dropout masks, noise, label flips) come from each replica's own
 SplitMix64 stream (seeded, like the autograd engine's generators, from the replica's ``draws`` seed),
 not from torch's generators: the two engines train the same distribution, not the same numbers, for
 models that draw. Which engine trained a run is recorded with it (``meta.json``'s ``engine``).
@@ -36,29 +44,49 @@ _HIDDEN_OPS = {"gaussian_noise", "dropout", "activation"}
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where a fusable network's layers sit: its input ops, hidden Dense, hidden ops and head (layer
-    indices into the spec's ``layers``, and into the network's ``body`` + head)."""
+    """Where a fusable network's layers sit: its input ops, hidden layer (a Dense or, for ``kind``
+    lstm, an LSTM), hidden ops and head (layer indices into the spec's ``layers``, and into the
+    network's ``body`` + head)."""
 
     input_ops: tuple[int, ...]
     hidden: int
     hidden_ops: tuple[int, ...]
     head: int
+    kind: str = "dense"
 
 
-#: measured seconds of the fused loop (one core, 2026-12): per sample and hidden unit and input
-#: feature (+2) of each epoch's training and test passes; per normal drawn; per uniform drawn.
-#: The seed's 500-unit model on 30 + 70 samples: 26 us a replica-epoch, 64 us with GaussianNoise in
-#: the hidden layer (15,000 normals), 33 us with Dropout there.
+#: measured seconds of the fused loops (one core, 2026-12). Dense: per sample and hidden unit and
+#: input feature (+2) of each epoch's training and test passes; the seed's 500-unit model on 30 + 70
+#: samples: 26 us a replica-epoch, 64 us with GaussianNoise in the hidden layer (15,000 normals),
+#: 33 us with Dropout there. LSTM: per multiply-add of the gates' products (a test step's, and three
+#: times that for a training step: forward and two backward) and per unit and step of a training
+#: and of a test sequence (the cell's arithmetic); the rnn study's LSTM(32), 20 steps, 100 + 300
+#: sequences: 1.8 ms.
 SAMPLE_UNIT_SECONDS = 1.3e-10
+LSTM_MAC_SECONDS = 2.2e-11
+LSTM_TRAIN_UNIT_SECONDS = 4e-9
+LSTM_TEST_UNIT_SECONDS = 2e-9
+#: per normal drawn; per uniform drawn
 NORMAL_SECONDS = 2.6e-9
 UNIFORM_SECONDS = 0.6e-9
 
 
-def fused_epoch_seconds(spec: dict, layout: Layout, n_train: int, n_test: int, features: int) -> float:
-    """Estimated seconds of one replica-epoch of ``spec`` (with ``layout``) in the fused engine."""
+def fused_epoch_seconds(spec: dict, layout: Layout, n_train: int, n_test: int,
+                        sample_shape: tuple[int, ...]) -> float:
+    """Estimated seconds of one replica-epoch of ``spec`` (with ``layout``) in the fused engine, on
+    samples of ``sample_shape``."""
     layers = [next(iter(layer.items())) for layer in spec["layers"]]
     units = layers[layout.hidden][1]["units"]
-    seconds = SAMPLE_UNIT_SECONDS * (n_train + n_test) * units * (features + 2)
+    features = int(np.prod(sample_shape))  # input values per sample
+    if layout.kind == "lstm":
+        steps, inputs = sample_shape
+        macs = 4 * units * (inputs + units + 1)  # per sequence and step
+        seconds = steps * ((3 * n_train + n_test) * macs * LSTM_MAC_SECONDS
+                           + (n_train * LSTM_TRAIN_UNIT_SECONDS + n_test * LSTM_TEST_UNIT_SECONDS) * units)
+        if any(_values(layers[layout.hidden][1].get("dropout", 0))):
+            seconds += UNIFORM_SECONDS * n_train * sample_shape[1]
+    else:
+        seconds = SAMPLE_UNIT_SECONDS * (n_train + n_test) * units * (features + 2)
     for indices, width in ((layout.input_ops, features), (layout.hidden_ops, units)):
         for i in indices:
             kind = layers[i][0]
@@ -70,7 +98,9 @@ def fused_epoch_seconds(spec: dict, layout: Layout, n_train: int, n_test: int, f
         seconds += UNIFORM_SECONDS * n_train
     if (spec["training"].get("gradient_noise") or {}).get("eta"):
         steps = -(-n_train // int(spec["training"]["batch_size"]))
-        seconds += NORMAL_SECONDS * steps * (features + 2) * units
+        inputs = sample_shape[-1] + units + 1 if layout.kind == "lstm" else features + 1
+        weights = inputs * units * (4 if layout.kind == "lstm" else 1) + units + 1
+        seconds += NORMAL_SECONDS * steps * weights
     return seconds
 
 
@@ -81,14 +111,18 @@ def _values(value) -> list:
 def fused_layout(spec: dict, sample_shape: tuple[int, ...]) -> Layout | str:
     """The :class:`Layout` of ``spec`` (a :func:`reglab.replicas.batch_spec`) if the fused engine
     trains it on samples of ``sample_shape``, else the reason it does not (a short phrase)."""
-    if len(sample_shape) != 1:
-        return f"inputs of shape {sample_shape}, not vectors"
+    if len(sample_shape) not in (1, 2):
+        return f"inputs of shape {sample_shape}, not vectors or sequences"
+    hidden_kind = "dense" if len(sample_shape) == 1 else "lstm"
     layers = [next(iter(layer.items())) for layer in spec["layers"]]
     kinds = [kind for kind, _ in layers]
-    dense = [i for i, kind in enumerate(kinds) if kind == "dense"]
-    if len(dense) != 2 or dense[1] != len(layers) - 1:
-        return "not one hidden Dense layer and a Dense head"
-    hidden, head = dense
+    hiddens = [i for i, kind in enumerate(kinds) if kind == hidden_kind]
+    heads = [i for i, kind in enumerate(kinds) if kind == "dense"]
+    if hidden_kind == "dense":
+        hiddens, heads = hiddens[:-1], hiddens[-1:]
+    if len(hiddens) != 1 or heads != [len(layers) - 1]:
+        return f"not one {'hidden Dense' if hidden_kind == 'dense' else 'LSTM'} layer and a Dense head"
+    hidden, head = hiddens[0], heads[0]
     bad = [kinds[i] for i in range(hidden) if kinds[i] not in _INPUT_OPS]
     bad += [kinds[i] for i in range(hidden + 1, head) if kinds[i] not in _HIDDEN_OPS]
     if bad:
@@ -97,10 +131,14 @@ def fused_layout(spec: dict, sample_shape: tuple[int, ...]) -> Layout | str:
         if kinds[i] == "activation" and layers[i][1]["name"] not in ("relu", "linear"):
             return f"a {layers[i][1]['name']} activation"
     hp, op = layers[hidden][1], layers[head][1]
-    if hp.get("activation", "linear") not in ("relu", "linear"):
-        return f"a hidden {hp['activation']} activation"
-    if any(_values(hp.get("weight_noise", 0))) or hp.get("unit_norm") or not hp.get("use_bias", True):
-        return "weight noise, unit norm or no bias on the hidden layer"
+    if hidden_kind == "lstm":
+        if hp.get("return_sequences") or any(_values(hp.get("recurrent_dropout", 0))):
+            return "an LSTM with return_sequences or recurrent_dropout"
+    else:
+        if hp.get("activation", "linear") not in ("relu", "linear"):
+            return f"a hidden {hp['activation']} activation"
+        if any(_values(hp.get("weight_noise", 0))) or hp.get("unit_norm") or not hp.get("use_bias", True):
+            return "weight noise, unit norm or no bias on the hidden layer"
     if op["units"] != 1 or op["activation"] != "sigmoid" or not op.get("use_bias", True) or any(
             _values(op.get("weight_noise", 0))) or op.get("unit_norm") or any(
             v is not None for v in _values(op.get("max_norm"))):
@@ -108,7 +146,7 @@ def fused_layout(spec: dict, sample_shape: tuple[int, ...]) -> Layout | str:
     optimizer = spec["training"]["optimizer"]
     if optimizer["name"] not in ("adam", "sgd") or optimizer.get("nesterov"):
         return f"the {optimizer['name']} optimizer" + (" with Nesterov momentum" if optimizer.get("nesterov") else "")
-    return Layout(tuple(range(hidden)), hidden, tuple(range(hidden + 1, head)), head)
+    return Layout(tuple(range(hidden)), hidden, tuple(range(hidden + 1, head)), head, hidden_kind)
 
 
 def fusable(sample_shape: tuple[int, ...]) -> Callable[[dict], bool]:
@@ -155,20 +193,28 @@ def noise_states(seeds: list) -> np.ndarray:
 
 
 def compile_kernels() -> float:
-    """Compile the fused loop for the argument types :class:`FusedBlocks` passes (numba caches it in
-    ``__pycache__``, so training jobs then load it instead of each compiling it); returns seconds.
-    Trains one replica of a 2-input, 2-unit network for one epoch on 4 samples."""
+    """Compile the fused loops for the argument types :class:`FusedBlocks` passes (numba caches them
+    in ``__pycache__``, so training jobs then load them instead of each compiling them); returns
+    seconds. Trains one replica of a 2-input (2 features, 2 steps), 2-unit network of each family
+    for one epoch on 4 samples."""
     from reglab import fusedkernels as K
+    from reglab import fusedkernels as R
 
     start = time.perf_counter()
     s, n, f, u = 1, 4, 2, 2
-    theta = np.zeros((s, (f + 2) * u + 1), np.float32)
     ops = (np.zeros(0, np.int64), np.zeros((0, s), np.float32), np.zeros((0, s), np.float32))
-    K.train_block(0, 1, 0, np.zeros((1, s, n), np.int64), np.zeros((1, n, f), np.float32),
-                  np.zeros((1, n), np.float32), np.zeros((1, n, f), np.float32), np.zeros((1, n), np.float32),
-                  theta, np.zeros_like(theta), np.zeros_like(theta), *ops, *ops, np.full(s, 0.001), 0,
-                  0.9, 0.999, 1e-7, 0.0, np.full(s, np.inf), np.zeros(s), np.zeros(s), 0.55, 32,
-                  noise_states([0]), np.zeros((1, 4, s), np.float32))
+    rest = (np.full(s, 0.001), 0, 0.9, 0.999, 1e-7, 0.0)
+    tail = (np.zeros(s), np.zeros(s), 0.55, 32, noise_states([0]), np.zeros((1, 4, s), np.float32))
+    orders = np.zeros((1, s, n), np.int64)
+    theta = np.zeros((s, (f + 2) * u + 1), np.float32)
+    K.train_block(0, 1, 0, orders, np.zeros((1, n, f), np.float32), np.zeros((1, n), np.float32),
+                  np.zeros((1, n, f), np.float32), np.zeros((1, n), np.float32),
+                  theta, np.zeros_like(theta), np.zeros_like(theta), *ops, *ops, *rest, np.full(s, np.inf), *tail)
+    theta = np.zeros((s, (f + u + 1) * 4 * u + u + 1), np.float32)
+    R.train_lstm_block(0, 1, 0, orders, np.zeros((1, n, 2, f), np.float32), np.zeros((1, n), np.float32),
+                       np.zeros((1, n, 2, f), np.float32), np.zeros((1, n), np.float32), u,
+                       theta, np.zeros_like(theta), np.zeros_like(theta), *ops, np.ones(s, np.float32),
+                       np.ones(s, np.float32), *ops, *rest, *tail)
     return time.perf_counter() - start
 
 
@@ -181,25 +227,35 @@ class FusedBlocks:
     """Trains blocks of epochs of a :class:`reglab.module.ReplicaClassifier` whose network has
     ``layout``: from the network's parameters (written back after each block), the module's shuffles,
     data and update count, into its ``epoch_metrics`` buffer; the optimizer's moments and the random
-    states are its own."""
+    states are its own. BLAS (the LSTM loop's matrix products) runs on one thread meanwhile: the
+    loop's own order of work, whatever the machine's cores."""
 
     def __init__(self, module, layout: Layout) -> None:
-        from reglab import fusedkernels as K
-
-        self.kernels = K
         net, spec = module.net, module.spec
         s = net.replicas
         modules = [*net.body, net.head]
         hidden, head = modules[layout.hidden], modules[layout.head]
+        layers = [next(iter(layer.items())) for layer in spec["layers"]]
+        self.layout = layout
+        if layout.kind == "lstm":
+            own = []  # the hidden layer's own activation, the first op after it (an LSTM has none)
+            tensors = (hidden.kernel, hidden.recurrent_kernel, hidden.bias, head.kernel, head.bias)
+            keep = 1.0 - _per_replica(layers[layout.hidden][1].get("dropout", 0.0), s, 0.0)
+            self.lstm_dropout = (keep.astype(np.float32), (1.0 / keep).astype(np.float32))
+            self.units = int(hidden.units)
+            import scipy.linalg.cython_blas  # noqa: F401  (numba's BLAS: loaded, so that the controller finds it)
+            from threadpoolctl import ThreadpoolController
+
+            self.blas = ThreadpoolController()  # looked up once per model (~3 ms), not per block
+        else:
+            own = [("activation", {"name": layers[layout.hidden][1].get("activation", "linear")})]
+            tensors = (hidden.kernel, hidden.bias, head.kernel, head.bias)
         # the network's parameters (numpy views of its tensors) and their flat copy the loop trains
-        self.params = [t.detach().numpy().reshape(s, -1) for t in (hidden.kernel, hidden.bias, head.kernel, head.bias)]
+        self.params = [t.detach().numpy().reshape(s, -1) for t in tensors]
         self.theta = np.ascontiguousarray(np.concatenate(self.params, axis=1))
         self.moments = (np.zeros_like(self.theta), np.zeros_like(self.theta))
-        layers = [next(iter(layer.items())) for layer in spec["layers"]]
         self.input_ops = _ops([layers[i] for i in layout.input_ops], s)
-        # the hidden Dense's own activation is the first of the ops after it
-        own = ("activation", {"name": layers[layout.hidden][1].get("activation", "linear")})
-        self.hidden_ops = _ops([own, *(layers[i] for i in layout.hidden_ops)], s)
+        self.hidden_ops = _ops([*own, *(layers[i] for i in layout.hidden_ops)], s)
         training = spec["training"]
         opt = dict(training["optimizer"])
         self.optimizer = 0 if opt["name"] == "adam" else 1
@@ -224,11 +280,19 @@ class FusedBlocks:
     def run(self, first: int, last: int, updates: int) -> float:
         """Train epochs ``first`` to ``last - 1`` (after ``updates`` optimizer steps); returns seconds."""
         start = time.perf_counter()
-        self.kernels.train_block(
-            int(first), int(last), int(updates), self.orders, self.x_train, self.y_train, self.x_test, self.y_test,
-            self.theta, *self.moments, *self.input_ops, *self.hidden_ops,
-            self.lr, self.optimizer, *self.betas, self.momentum, self.max_norm, self.label_flip,
-            self.grad_eta, self.grad_gamma, self.batch_size, self.state, self.metrics)
+        common = (int(first), int(last), int(updates), self.orders, self.x_train, self.y_train, self.x_test,
+                  self.y_test)
+        training = (self.lr, self.optimizer, *self.betas, self.momentum)
+        extras = (self.label_flip, self.grad_eta, self.grad_gamma, self.batch_size, self.state, self.metrics)
+        from reglab import fusedkernels
+
+        if self.layout.kind == "lstm":
+            with self.blas.limit(limits=1, user_api="blas"):
+                fusedkernels.train_lstm_block(*common, self.units, self.theta, *self.moments, *self.input_ops,
+                                           *self.lstm_dropout, *self.hidden_ops, *training, *extras)
+        else:
+            fusedkernels.train_block(*common, self.theta, *self.moments, *self.input_ops, *self.hidden_ops,
+                                     *training, self.max_norm, *extras)
         offset = 0
         for param in self.params:  # back into the network's tensors
             param[...] = self.theta[:, offset:offset + param.shape[1]]

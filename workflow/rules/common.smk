@@ -225,11 +225,11 @@ def train_seconds(wildcards):
         replicas = len(model.replicas)
         layout = model_layout(specs, model)
         if not isinstance(layout, str):
-            features = dataset_input(spec["dataset"])[0][0]
+            shape = dataset_input(spec["dataset"])[0]
             seconds += (
                 spec["training"]["epochs"]
                 * replicas
-                * fused_epoch_seconds(spec, layout, n_train, n_test, features)
+                * fused_epoch_seconds(spec, layout, n_train, n_test, shape)
             )
             continue
         batch_size = spec["training"]["batch_size"]
