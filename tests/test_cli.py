@@ -104,3 +104,19 @@ def test_pickled_dataset_is_refused(tmp_path):
              y_test=np.zeros(1))
     with pytest.raises(DataError, match="cannot be read"):
         load_dataset(path)
+
+
+def test_kernels_compiles_the_loops_of_the_families_asked_for(tmp_path, capsys):
+    from reglab import fusedkernels
+
+    out = tmp_path / "kernels" / "lstm.json"
+    assert main(["kernels", "--family", "lstm", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["families"] == ["lstm"] and written["seconds"] > 0
+    assert fusedkernels.train_lstm_block.signatures  # compiled (or loaded) in this process
+    assert main(["kernels", "--out", str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text())["families"] == ["dense", "lstm"]
+    with pytest.raises(SystemExit):
+        main(["kernels", "--family", "rnn", "--out", str(tmp_path / "x.json")])
+    assert "invalid choice: 'rnn'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

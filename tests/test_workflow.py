@@ -65,6 +65,18 @@ def test_default_config_plans_every_study(tmp_path):
     for study in ("batchnorm", "dropout", "noise"):
         assert f"results/runs/{study}/variants--all/chunk0" in proc.stdout
     assert "results/runs/dropout/dropout_0.4--sources/chunk0" in proc.stdout
+    # each training job waits for the compiled loops of its models' fused families only, each
+    # compiled once by its own job
+    inputs = {}
+    for block in proc.stdout.split("rule ")[1:]:
+        fields = dict(line.strip().split(": ", 1) for line in block.splitlines()[1:] if ": " in line)
+        if block.startswith("train:"):
+            inputs[fields["output"]] = fields["input"].split(", ")
+    kernels = {out: sorted(i for i in ins if i.startswith("results/kernels/")) for out, ins in inputs.items()}
+    assert kernels["results/runs/rnn/variants--all/chunk0"] == ["results/kernels/lstm.json"]
+    assert kernels["results/runs/dropout/variants--all/chunk0"] == ["results/kernels/dense.json"]
+    assert kernels["results/runs/cnn/variants--all/chunk0"] == []  # convolutions: autograd
+    assert proc.stdout.count("rule fused_kernels:") == 2
 
 
 def test_bad_config_stops_before_any_job_with_the_key_path(tmp_path):

@@ -37,6 +37,8 @@ from reglab.replicas import stream_seed
 
 #: the engines a training job may use: fused where the model allows (else autograd), or autograd only
 ENGINES = ("fused", "torch")
+#: the fused engine's families of models (:attr:`Layout.kind`), each with its own compiled loop
+FAMILIES = ("dense", "lstm")
 
 _INPUT_OPS = {"gaussian_noise", "dropout"}
 _HIDDEN_OPS = {"gaussian_noise", "dropout", "activation"}
@@ -192,29 +194,34 @@ def noise_states(seeds: list) -> np.ndarray:
                      for s in seeds], dtype=np.uint64)
 
 
-def compile_kernels() -> float:
-    """Compile the fused loops for the argument types :class:`FusedBlocks` passes (numba caches them
-    in ``__pycache__``, so training jobs then load them instead of each compiling them); returns
-    seconds. Trains one replica of a 2-input (2 features, 2 steps), 2-unit network of each family
-    for one epoch on 4 samples."""
+def compile_kernels(families=FAMILIES) -> float:
+    """Compile the fused loops of ``families`` (of :data:`FAMILIES`) for the argument types
+    :class:`FusedBlocks` passes (numba caches them in ``__pycache__``, so training jobs then load
+    them instead of each compiling them); returns seconds. Trains one replica of a 2-input (2
+    features, 2 steps), 2-unit network of each family for one epoch on 4 samples."""
     from reglab import fusedkernels as K
-    from reglab import fusedkernels as R
 
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown families of the fused engine: {sorted(unknown)} (known: {', '.join(FAMILIES)})")
     start = time.perf_counter()
     s, n, f, u = 1, 4, 2, 2
     ops = (np.zeros(0, np.int64), np.zeros((0, s), np.float32), np.zeros((0, s), np.float32))
     rest = (np.full(s, 0.001), 0, 0.9, 0.999, 1e-7, 0.0)
     tail = (np.zeros(s), np.zeros(s), 0.55, 32, noise_states([0]), np.zeros((1, 4, s), np.float32))
     orders = np.zeros((1, s, n), np.int64)
-    theta = np.zeros((s, (f + 2) * u + 1), np.float32)
-    K.train_block(0, 1, 0, orders, np.zeros((1, n, f), np.float32), np.zeros((1, n), np.float32),
-                  np.zeros((1, n, f), np.float32), np.zeros((1, n), np.float32),
-                  theta, np.zeros_like(theta), np.zeros_like(theta), *ops, *ops, *rest, np.full(s, np.inf), *tail)
-    theta = np.zeros((s, (f + u + 1) * 4 * u + u + 1), np.float32)
-    R.train_lstm_block(0, 1, 0, orders, np.zeros((1, n, 2, f), np.float32), np.zeros((1, n), np.float32),
-                       np.zeros((1, n, 2, f), np.float32), np.zeros((1, n), np.float32), u,
-                       theta, np.zeros_like(theta), np.zeros_like(theta), *ops, np.ones(s, np.float32),
-                       np.ones(s, np.float32), *ops, *rest, *tail)
+    if "dense" in families:
+        theta = np.zeros((s, (f + 2) * u + 1), np.float32)
+        K.train_block(0, 1, 0, orders, np.zeros((1, n, f), np.float32), np.zeros((1, n), np.float32),
+                      np.zeros((1, n, f), np.float32), np.zeros((1, n), np.float32),
+                      theta, np.zeros_like(theta), np.zeros_like(theta), *ops, *ops, *rest, np.full(s, np.inf),
+                      *tail)
+    if "lstm" in families:
+        theta = np.zeros((s, (f + u + 1) * 4 * u + u + 1), np.float32)
+        K.train_lstm_block(0, 1, 0, orders, np.zeros((1, n, 2, f), np.float32), np.zeros((1, n), np.float32),
+                           np.zeros((1, n, 2, f), np.float32), np.zeros((1, n), np.float32), u,
+                           theta, np.zeros_like(theta), np.zeros_like(theta), *ops, np.ones(s, np.float32),
+                           np.ones(s, np.float32), *ops, *rest, *tail)
     return time.perf_counter() - start
 
 

@@ -122,14 +122,17 @@ def model_layout(specs, model):
 
 
 def train_kernels(wildcards):
-    """The fused engine's compiled loop (compiled once by the fused_kernels rule, not by every
-    training job at the same time), for a job with a model the fused engine trains. Ancient:
-    compiling it again (its code changed) reruns no training job by itself; the train rule's
-    code_hash covers that code."""
+    """The fused engine's compiled loops a training job's models use, one per family
+    (reglab.fused.Layout.kind: dense or lstm), each compiled once by the fused_kernels rule, not by
+    every training job at the same time, and the two families' side by side. Ancient: compiling a
+    loop again (its code changed) reruns no training job by itself; the train rule's code_hash
+    covers that code."""
     specs = train_specs(wildcards)
-    if all(isinstance(model_layout(specs, m), str) for m in train_models(wildcards)):
-        return []
-    return [ancient(f"{RESULTS}/kernels/fused.json")]
+    layouts = [model_layout(specs, m) for m in train_models(wildcards)]
+    families = sorted(
+        {layout.kind for layout in layouts if not isinstance(layout, str)}
+    )
+    return [ancient(f"{RESULTS}/kernels/{family}.json") for family in families]
 
 
 def train_seeds(wildcards):

@@ -1,8 +1,8 @@
 rule fused_kernels:
     output:
-        f"{RESULTS}/kernels/fused.json",
+        f"{RESULTS}/kernels/{{family}}.json",
     log:
-        run_path("logs/kernels.log"),
+        run_path("logs/kernels/{family}.log"),
     priority: PREPARE_PRIORITY
     localrule: True
     conda:
@@ -10,7 +10,7 @@ rule fused_kernels:
     params:
         code_hash=KERNEL_CODE,
     shell:
-        "python -m reglab kernels --out {output:q} > {log:q} 2>&1"
+        "python -m reglab kernels --family {wildcards.family} --out {output:q} > {log:q} 2>&1"
 
 
 rule train:
