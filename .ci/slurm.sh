@@ -336,7 +336,8 @@ finish_run() { # finish_run NAME: wait for it to end; sets RC_NAME
     log "$name run ended: exit $rc"
 }
 
-PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m reglab kernels --out "$WORK/kernels.json" \
+# the runs below train MLPs only: the dense family's loop
+PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m reglab kernels --family dense --out "$WORK/kernels.json" \
     >"$WORK/kernels.log" 2>&1 || log "the fused engine's loop did not compile here: each run compiles it"
 export REGLAB_SLURM_ACCOUNT=$ACCOUNT REGLAB_SLURM_PARTITION=$PARTITION
 SLURM_ARGS=(--workflow-profile profiles/slurm --slurm-init-seconds-before-status-checks 5)
