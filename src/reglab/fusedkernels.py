@@ -493,21 +493,17 @@ def _cell(act, c_prev, c_out, h_out, m):
 def _cell_backward(act, c_prev, c, dh, dc, dz, m):
     """A step backward: from the gradients reaching its output ``dh`` [m] and its cell state ``dc``
     [m] (updated in place to the one reaching the previous cell state), the gradients of the gates'
-    pre-activations ``dz`` [4 * m]; ``act``: the gates' activations, ``c`` the cell state. (Two
-    loops, each over few arrays: numba cannot tell the compiler that arrays do not overlap, and one
-    loop over all of them stays scalar.)"""
+    pre-activations ``dz`` [4 * m]; ``act``: the gates' activations, ``c`` the cell state."""
     i, f, g, o = act[:m], act[m:2 * m], act[2 * m:3 * m], act[3 * m:]
     dz_i, dz_f, dz_g, dz_o = dz[:m], dz[m:2 * m], dz[2 * m:3 * m], dz[3 * m:]
     for j in range(m):
         t = tanh(c[j])
         d = dh[j]
-        dc[j] += d * o[j] * (_ONE - t * t)
-        dz_o[j] = d * t * o[j] * (_ONE - o[j])
-    for j in range(m):
-        dcj = dc[j]
+        dcj = dc[j] + d * o[j] * (_ONE - t * t)
         dz_i[j] = dcj * g[j] * i[j] * (_ONE - i[j])
         dz_f[j] = dcj * c_prev[j] * f[j] * (_ONE - f[j])
         dz_g[j] = dcj * i[j] * (_ONE - g[j] * g[j])
+        dz_o[j] = d * t * o[j] * (_ONE - o[j])
         dc[j] = dcj * f[j]
 
 
@@ -623,7 +619,7 @@ def train_lstm_block(first, last, updates, orders, x_train, y_train, x_test, y_t
     grad_w = grad[:o_w2]
     relu = False
     for q in range(hid_codes.shape[0]):
-        if hid_codes[q] == 2:  # OP_RELU
+        if hid_codes[q] == OP_RELU:
             relu = True
     for r in range(n_rep):
         xr, yr = x_train[r if x_train.shape[0] > 1 else 0], y_train[r if y_train.shape[0] > 1 else 0]
