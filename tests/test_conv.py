@@ -50,6 +50,37 @@ def test_conv2d_matches_torch_conv2d_per_replica_forward_and_backward(padding, k
         torch.testing.assert_close(gx[r], gxr, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("in_channels", [1, 2])
+@pytest.mark.parametrize("padding, kernel_size", [("same", 3), ("valid", 3), ("same", (2, 3))])
+@pytest.mark.parametrize("grad", [False, True])
+def test_conv2d_on_inputs_shared_by_all_replicas_matches_torch_conv2d(in_channels, padding, kernel_size, grad):
+    """An input expanded over the replica axis (the shared test set) is convolved once with all
+    replicas' kernels (one input channel: as a matrix product); per replica as F.conv2d, with or
+    without autograd (in place of the activation without), the input untouched."""
+    torch.manual_seed(3)
+    layer = C.Conv2D(S, in_channels, 4, kernel_size, padding=padding, activation="relu")
+    layer.reset_parameters(gens(stream=STREAM_INIT))
+    with torch.no_grad():
+        layer.bias.normal_()
+    maps = torch.randn(5, in_channels, 7, 6)
+    before = maps.clone()
+    with torch.set_grad_enabled(grad):
+        out = layer(maps.expand(S, *maps.shape))
+    assert torch.equal(maps, before)
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    (pt, pb), (pl, pr) = [((k - 1) // 2, k - 1 - (k - 1) // 2) if padding == "same" else (0, 0) for k in (kh, kw)]
+    refs = [torch.relu(F.conv2d(F.pad(maps, (pl, pr, pt, pb)), layer.kernel[r], layer.bias[r])) for r in range(S)]
+    for r in range(S):
+        torch.testing.assert_close(out[r], refs[r], atol=1e-5, rtol=1e-5)
+    if grad:
+        cot = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [layer.kernel, layer.bias], cot)
+        for r in range(S):
+            ref = torch.autograd.grad(refs[r], [layer.kernel, layer.bias], cot[r])
+            torch.testing.assert_close(grads[0][r], ref[0][r], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(grads[1][r], ref[1][r], atol=1e-5, rtol=1e-5)
+
+
 def test_conv2d_without_bias_and_stacked_convs_keep_replicas_apart():
     torch.manual_seed(1)
     a = C.Conv2D(S, 1, 4, 3, padding="same", activation="relu", use_bias=False)
