@@ -112,7 +112,7 @@ def test_kernels_compiles_the_loops_of_the_families_asked_for(tmp_path, capsys):
     out = tmp_path / "kernels" / "lstm.json"
     assert main(["kernels", "--family", "lstm", "--out", str(out)]) == 0
     written = json.loads(out.read_text())
-    assert written["families"] == ["lstm"] and written["seconds"] > 0
+    assert written["families"] == ["lstm"] and written["seconds"] >= 0
     assert fusedkernels.train_lstm_block.signatures  # compiled (or loaded) in this process
     assert main(["kernels", "--out", str(tmp_path / "all.json")]) == 0
     assert json.loads((tmp_path / "all.json").read_text())["families"] == ["dense", "lstm"]

@@ -10,7 +10,7 @@ rule fused_kernels:
     params:
         code_hash=KERNEL_CODE,
     shell:
-        "python -m reglab kernels --family {wildcards.family} --out {output:q} > {log:q} 2>&1"
+        "python -m reglab kernels --family {wildcards.family:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train:
