@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic results tree in the documented formats (docs/architecture.md).
+"""Shared fixtures: a small synthetic results tree in the documented formats (docs/architecture.md);
+and the collection order (:func:`pytest_collection_modifyitems`: the end-to-end files first).
 
 * ``synthetic_results``: ``results/`` with datasets, runs (history.csv, final.csv, boundary.npz,
   meta.json) for 2 studies, 5 seeds, 30 epochs, 2 jobs per variant; plus a validated-style config
@@ -132,6 +133,21 @@ PUBLISHED = {
                            "bn_no_momentum": {"train": 0.738, "test": 0.740},
                            "bn_input_and_after": {"train": 0.822, "test": 0.845}}},
 }
+
+
+#: the test files that run the workflow end to end (minutes each, the real-SLURM check the longest),
+#: longest first: the workers take whole files (``--dist loadfile``) in collection order, so these
+#: start at once and the short files fill in around them, instead of one long file starting last
+#: and running alone at the end
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_shared_runs.py", "test_faults.py",
+                 "test_sequential_workflow.py", "test_resume.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Collect the :data:`LONGEST_FIRST` files first (every other file, and the tests within a file,
+    keep their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @dataclass
