@@ -259,6 +259,44 @@ def _dense(x, theta, f_in, units, out):
 
 
 @njit(**JIT)
+def _head(h, g, nb, b2, w2, gw2, gb2, targets, rows, hid_codes, hid_params, saved, r, loss_sum,
+          correct):
+    """The ``Dense(1, sigmoid)`` head on a batch's hidden rows ``h[:nb]`` (the samples ``rows`` of
+    ``targets``), in training, for both loops: returns the epoch's running ``loss_sum`` and
+    ``correct`` with the batch's losses (its mean times its size) and correct predictions added;
+    adds the head's gradients of the batch mean loss to ``gw2`` [U] and ``gb2[0]``, and writes the
+    gradient reaching the hidden layer, back through the hidden ops (their saved masks; noise
+    passes the gradient as it is), to ``g[:nb]``."""
+    units = w2.shape[0]
+    for b in range(nb):
+        hb = h[b]
+        acc = np.float32(0.0)
+        for u in range(units):
+            acc += hb[u] * w2[u]
+        logit = acc + b2
+        t = targets[rows[b]]
+        loss_sum += _bce(np.float64(logit), np.float64(t))
+        if (logit > 0) == (t > 0.5):
+            correct += 1
+        # d(batch mean loss)/d(logit), then the head's gradients and the hidden one
+        d = (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-logit))) - t) / np.float32(nb)
+        gb2[0] += d
+        gb = g[b]
+        for u in range(units):
+            gw2[u] += hb[u] * d
+            gb[u] = d * w2[u]
+    for k in range(hid_codes.shape[0] - 1, -1, -1):
+        code = hid_codes[k]
+        if code == OP_NOISE or (code == OP_DROPOUT and hid_params[k, r] == 1):
+            continue
+        for b in range(nb):
+            gb, mask = g[b], saved[k, b]
+            for u in range(units):
+                gb[u] *= mask[u]
+    return loss_sum, correct
+
+
+@njit(**JIT)
 def _evaluate(x, y, theta, f_in, units, relu, z):
     """Inference-mode mean loss and accuracy of one replica (parameters ``theta``) on ``x`` [N, F],
     ``y`` [N]: its hidden ops reduce to a ReLU (``relu``) or nothing, as noise and dropout are off."""
@@ -349,32 +387,10 @@ def train_block(first, last, updates, orders, x_train, y_train, x_test, y_test, 
                 s = _apply_ops(h, nb, hid_codes, hid_params, hid_scales, r, s, saved, True)
                 for i in range(n_par):
                     grad[i] = 0.0
-                for b in range(nb):
-                    hb = h[b]
-                    acc = np.float32(0.0)
-                    for u in range(units):
-                        acc += hb[u] * w2[u]
-                    logit = acc + th[o_b2]
-                    t = targets[orders[epoch, r, lo + b]]
-                    loss_sum += _bce(np.float64(logit), np.float64(t))  # the batch mean times its size
-                    if (logit > 0) == (t > 0.5):
-                        correct += 1
-                    # d(batch mean loss)/d(logit), then the head's gradients and the hidden one
-                    d = (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-logit))) - t) / np.float32(nb)
-                    grad[o_b2] += d
-                    gb = g[b]
-                    for u in range(units):
-                        gw2[u] += hb[u] * d
-                        gb[u] = d * w2[u]
-                # backward through the hidden ops (noise passes the gradient as it is), then the Dense
-                for k in range(hid_codes.shape[0] - 1, -1, -1):
-                    code = hid_codes[k]
-                    if code == OP_NOISE or (code == OP_DROPOUT and hid_params[k, r] == 1):
-                        continue
-                    for b in range(nb):
-                        gb, mask = g[b], saved[k, b]
-                        for u in range(units):
-                            gb[u] *= mask[u]
+                loss_sum, correct = _head(h, g, nb, th[o_b2], w2, gw2, grad[o_b2:], targets,
+                                          orders[epoch, r, lo:lo + nb], hid_codes, hid_params, saved, r,
+                                          loss_sum, correct)
+                # the Dense's gradients
                 for b in range(nb):
                     gb = g[b]
                     for u in range(units):
@@ -686,30 +702,9 @@ def train_lstm_block(first, last, updates, orders, x_train, y_train, x_test, y_t
                 s = _apply_ops(h, nb, hid_codes, hid_params, hid_scales, r, s, saved, True)
                 for i in range(o_w2, n_par):
                     grad[i] = 0.0
-                for b in range(nb):
-                    hb = h[b]
-                    acc = np.float32(0.0)
-                    for u in range(units):
-                        acc += hb[u] * w2[u]
-                    logit = acc + th[o_b2]
-                    target = targets[orders[epoch, r, lo + b]]
-                    loss_sum += _bce(np.float64(logit), np.float64(target))
-                    if (logit > 0) == (target > 0.5):
-                        correct += 1
-                    d = (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-logit))) - target) / np.float32(nb)
-                    grad[o_b2] += d
-                    gb = g[b]
-                    for u in range(units):
-                        gw2[u] += hb[u] * d
-                        gb[u] = d * w2[u]
-                for q in range(hid_codes.shape[0] - 1, -1, -1):
-                    code = hid_codes[q]
-                    if code == OP_NOISE or (code == OP_DROPOUT and hid_params[q, r] == 1):
-                        continue
-                    for b in range(nb):
-                        gb, sq = g[b], saved[q, b]
-                        for u in range(units):
-                            gb[u] *= sq[u]
+                loss_sum, correct = _head(h, g, nb, th[o_b2], w2, gw2, grad[o_b2:], targets,
+                                          orders[epoch, r, lo:lo + nb], hid_codes, hid_params, saved, r,
+                                          loss_sum, correct)
                 # backward through time; the kernel's gradient summed over the steps
                 for b in range(nb):
                     for u in range(units):
