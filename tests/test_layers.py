@@ -37,42 +37,9 @@ def test_dense_matches_torch_linear_forward_and_backward(units, activation):
         torch.testing.assert_close(gb[r, 0], gbr)
 
 
-@pytest.mark.parametrize("in_features", [1, 2])
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_dense_with_few_inputs_matches_torch_linear_forward_and_backward(in_features, use_bias):
-    """Dense layers of at most SMALL_FAN_IN inputs take their own path (a sum of broadcast products,
-    gradients by bmm): replica by replica against F.linear, including the gradient w.r.t. the input."""
-    assert in_features <= L.SMALL_FAN_IN
-    torch.manual_seed(0)
-    layer = L.Dense(S, in_features, 9, activation="relu", use_bias=use_bias)
-    layer.reset_parameters(gens())
-    if use_bias:
-        with torch.no_grad():
-            layer.bias.normal_()
-    x = torch.randn(S, 11, in_features, requires_grad=True)
-    out = layer(x)
-    cot = torch.randn_like(out)
-    params = [layer.kernel] + ([layer.bias] if use_bias else [])
-    grads = torch.autograd.grad(out, params + [x], cot)
-    for r in range(S):
-        w = layer.kernel[r].detach().T.clone().requires_grad_()
-        b = layer.bias[r, 0].detach().clone().requires_grad_() if use_bias else None
-        xr = x[r].detach().clone().requires_grad_()
-        ref = torch.relu(F.linear(xr, w, b))
-        torch.testing.assert_close(out[r], ref)
-        ref_grads = torch.autograd.grad(ref, [w] + ([b] if use_bias else []) + [xr], cot[r])
-        torch.testing.assert_close(grads[0][r], ref_grads[0].T)
-        if use_bias:
-            torch.testing.assert_close(grads[1][r, 0], ref_grads[1])
-        torch.testing.assert_close(grads[-1][r], ref_grads[-1])
-
-
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_dense_with_few_units_matches_torch_linear_forward_and_backward(use_bias):
-    """Dense layers whose output (or kernel gradient) is narrow compute their products transposed
-    (NarrowLinear): replica by replica against F.linear, including the gradient w.r.t. the input."""
-    units, in_features, batch = 3, 40, 20
-    assert L.NARROW_RATIO * units <= batch
+def assert_dense_matches_torch_linear(in_features, units, batch, use_bias):
+    """A ReLU Dense layer of S replicas, replica by replica against F.linear: the output and the
+    gradients w.r.t. kernel, bias and input."""
     torch.manual_seed(0)
     layer = L.Dense(S, in_features, units, activation="relu", use_bias=use_bias)
     layer.reset_parameters(gens())
@@ -95,6 +62,24 @@ def test_dense_with_few_units_matches_torch_linear_forward_and_backward(use_bias
         if use_bias:
             torch.testing.assert_close(grads[1][r, 0], ref_grads[1])
         torch.testing.assert_close(grads[-1][r], ref_grads[-1])
+
+
+@pytest.mark.parametrize("in_features", [1, 2])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_with_few_inputs_matches_torch_linear_forward_and_backward(in_features, use_bias):
+    """Dense layers of at most SMALL_FAN_IN inputs take their own path (a sum of broadcast products,
+    gradients by bmm): replica by replica against F.linear, including the gradient w.r.t. the input."""
+    assert in_features <= L.SMALL_FAN_IN
+    assert_dense_matches_torch_linear(in_features, 9, 11, use_bias)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_with_few_units_matches_torch_linear_forward_and_backward(use_bias):
+    """Dense layers whose output (or kernel gradient) is narrow compute their products transposed
+    (NarrowLinear): replica by replica against F.linear, including the gradient w.r.t. the input."""
+    units, in_features, batch = 3, 40, 20
+    assert L.NARROW_RATIO * units <= batch
+    assert_dense_matches_torch_linear(in_features, units, batch, use_bias)
 
 
 def test_inference_leaves_the_input_untouched_and_matches_training_mode_arithmetic():
