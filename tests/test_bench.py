@@ -42,11 +42,11 @@ def test_best_time_is_the_minimum_of_the_repeats_after_an_untimed_warm_up():
         calls.append(clock())
         clock.spend(next(durations))
 
-    assert bench.best_time(fn, 3, clock) == pytest.approx(3.0)
+    assert bench.best_times({"fn": fn}, 3, clock) == {"fn": pytest.approx(3.0)}
     assert len(calls) == 4  # 1 warm-up + 3 repeats
 
     durations, calls[:] = iter([9.0, 8.0, 7.0, 6.0, 2.0, 5.0]), []
-    assert bench.best_time(fn, 5, clock) == pytest.approx(2.0) and len(calls) == 6
+    assert bench.best_times({"fn": fn}, 5, clock) == {"fn": pytest.approx(2.0)} and len(calls) == 6
 
 
 

@@ -215,12 +215,6 @@ def best_times(fns: dict[str, Callable[[], object]], repeats: int = MIN_REPEATS,
     return {name: min(t) for name, t in times.items()}
 
 
-def best_time(fn: Callable[[], object], repeats: int = MIN_REPEATS,
-              clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds of ``fn()``: the minimum of ``repeats`` timed calls after one untimed warm-up call."""
-    return best_times({"fn": fn}, repeats, clock)["fn"]
-
-
 def bench_case(spec: dict, data: dict, seeds: int, lightning_seeds: int, repeats: int = MIN_REPEATS,
                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Seconds per replica-epoch of the four ways of training ``spec``: each the best of ``repeats``
