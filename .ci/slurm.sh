@@ -465,8 +465,8 @@ if [ "$RC_slurm" = 0 ]; then
         check_sacct slurm "$N_TRAIN" "$N_TRAIN"
 fi
 if [ "$RC_grouped" = 0 ]; then
-    check "sacct: grouped, 2 training jobs ran one after the other in 1 SLURM job (1 CPU, 2 minutes)" \
-        check_sacct grouped 1 2 1 00:02:00
+    check "sacct: grouped, 2 training jobs ran one after the other in 1 SLURM job (1 CPU, 6 minutes)" \
+        check_sacct grouped 1 2 1 00:06:00
 fi
 
 compare_results() { # compare_results A B: run A's results equal run B's

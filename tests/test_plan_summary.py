@@ -33,13 +33,15 @@ def job_blocks(out: str) -> list[str]:
 
 
 def listed_train_jobs(out: str) -> list[tuple[int, int]]:
-    """(runtime, threads) of every train job the dry run lists, from Snakemake's own job listing."""
+    """(estimated minutes, threads) of every train job the dry run lists, from Snakemake's own job
+    listing. The listed runtime is the job's time limit, twice its estimate and one minute more."""
     jobs = []
     for block in job_blocks(out):
         if re.search(r"^rule train:", block, re.MULTILINE):
-            runtime = int(re.search(r"resources: .*\bruntime=(\d+)", block).group(1))
+            limit = int(re.search(r"resources: .*\bruntime=(\d+)", block).group(1))
+            assert limit % 2 == 1 and limit >= 3, block
             threads = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
-            jobs.append((runtime, int(threads.group(1)) if threads else 1))
+            jobs.append(((limit - 1) // 2, int(threads.group(1)) if threads else 1))
     return jobs
 
 

@@ -86,10 +86,11 @@ def test_slurm_profile_plans_the_tiny_config(tmp_path):
     train = resource_lines(out, "train")
     assert len(train) >= 8
     for line in train:
-        # the train rule's own resources (workflow/rules/common.smk), within 2x of what its jobs
-        # were measured to use: ~470-610 MB peak, 6-40 s (SLURM counts whole minutes)
+        # the train rule's own resources (workflow/rules/common.smk): memory within 2x of what its
+        # jobs were measured to use (~470-610 MB peak); they take 6-40 s, estimated as 1 minute
+        # (SLURM counts whole minutes), and ask for twice that and a minute more
         assert 600 <= resource(line, "mem_mb") <= 1200, line
-        assert resource(line, "runtime") == 1, line
+        assert resource(line, "runtime") == 3, line
     assert resource_lines(out, "dataset") and "Group job" not in out
 
 

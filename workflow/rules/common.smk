@@ -247,9 +247,16 @@ def train_seconds(wildcards):
     return seconds
 
 
+def train_minutes(wildcards):
+    """Estimated whole minutes of a training job (train_seconds rounded up, as SLURM counts them)."""
+    return int(-(-train_seconds(wildcards) // 60))
+
+
 def train_runtime(wildcards, attempt):
-    """Minutes for a training job (train_seconds; SLURM counts whole minutes), x attempt."""
-    return int(-(-train_seconds(wildcards) // 60)) * attempt
+    """Time limit of a training job in minutes: twice its estimate (train_minutes) and one minute
+    more, x attempt. The margin covers a slower or busier node and a slow start-up (imports from a
+    shared file system); a job estimated at 20 s asks for 3 minutes."""
+    return (2 * train_minutes(wildcards) + 1) * attempt
 
 
 #: the priority of the quick steps training waits for (the validated config, pack specs, datasets):

@@ -26,13 +26,14 @@ def study_figures_all(wildcards):
 
 
 # The plan's CPU time is printed under Snakemake's job stats, in dry runs too (the onstart handler
-# does not run in a dry run). The estimates are the train rule's resources (common.smk:
-# train_runtime, minutes, rounded up per job as SLURM counts them) times its threads, over the
-# training jobs of this invocation that still need to run (finished ones are left out).
+# does not run in a dry run). The estimates are common.smk's train_minutes (minutes, rounded up per
+# job as SLURM counts them; the train rule's runtime resource is a time limit with a margin on top)
+# times the job's threads, over the training jobs of this invocation that still need to run
+# (finished ones are left out).
 def plan_line(jobs):
-    """One line: the training jobs among ``jobs`` and their estimated CPU time (runtime x threads)."""
+    """One line: the training jobs among ``jobs`` and their estimated CPU time (minutes x threads)."""
     minutes = [
-        (job.resources["runtime"], job.threads)
+        (train_minutes(job.wildcards), job.threads)
         for job in jobs
         if job.rule.name == "train"
     ]
