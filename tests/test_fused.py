@@ -143,11 +143,48 @@ def test_normals_are_standard_normal_in_the_body_and_in_the_tails():
     K.fill_normal(noise_states([9]), 0, out)
     assert stats.kstest(out, "norm").pvalue > 1e-3
     assert abs(out.mean()) < 5 / np.sqrt(out.size) and abs(out.var() - 1) < 0.005
-    # the ziggurat's tail (beyond R = 3.44) and its wedges are drawn by rejection: their mass is right
-    for cut in (2.0, 3.0, 3.5, 4.0):
+    for cut in (2.0, 3.0, 3.5, 4.0):  # the tails' mass is right, on both sides
         expected = stats.norm.sf(cut) * out.size
         for side in (1, -1):
             assert abs(np.sum(side * out > cut) - expected) < 5 * np.sqrt(expected), side * cut
+    assert abs(np.corrcoef(out[0::2], out[1::2])[0, 1]) < 0.005  # a pair's two normals: uncorrelated
+
+
+def test_the_log_of_the_normals_is_within_its_stated_error():
+    """log32, over (0, 1] as the radius takes it: from 2^-33 (the smallest u1) up, and near 1."""
+    x = np.concatenate([np.geomspace(2.0**-33, 1, 2_000_001), 1 - np.geomspace(2.0**-24, 0.5, 100_001)])
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    K.fill_log(x, out)
+    want = np.log(x.astype(np.float64))
+    rel = np.abs(out - want)[want != 0] / np.abs(want[want != 0])
+    assert rel.max() <= 1.3e-7 and out[x == 1].tolist() == [0.0]
+
+
+def splitmix64(state: int, n: int) -> np.ndarray:
+    """The next ``n`` 64-bit draws of a SplitMix64 state (Steele, Lea & Flood 2014), in numpy."""
+    s = np.uint64(state) + np.uint64(0x9E3779B97F4A7C15) * np.arange(1, n + 1, dtype=np.uint64)
+    z = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@pytest.mark.parametrize("n", [200_001, 2])
+def test_normals_are_box_muller_pairs_of_the_draws_within_float32_rounding(n):
+    """Each draw gives two normals: radius sqrt(-2 ln u1) from its high 32 bits (u1 = (k + 1/2) 2^-32,
+    rounded to float32), angle 2 pi k' 2^-32 from its low ones; cos, then sin. An odd count uses its
+    last draw's first normal; the state moves on by one step per draw."""
+    states = noise_states([7])
+    start = int(states[0])
+    out = np.empty(n, np.float32)
+    K.fill_normal(states, 0, out)
+    draws = splitmix64(start, (n + 1) // 2)
+    u1 = (np.float32((draws >> np.uint64(32)).astype(np.float64) * 2.0**-32 + 2.0**-33)).astype(np.float64)
+    angle = 2 * np.pi * (draws & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
+    radius = np.sqrt(-2 * np.log(u1))
+    want = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1).reshape(-1)[:n]
+    assert np.abs(out - want).max() <= 2e-6  # within ~4 float32 steps at the largest radii (6.7)
+    assert int(states[0]) == (start + (n + 1) // 2 * 0x9E3779B97F4A7C15) % 2**64
 
 
 def test_replica_streams_are_independent_and_their_states_advance():

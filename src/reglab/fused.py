@@ -208,7 +208,8 @@ def compile_kernels(families=FAMILIES) -> float:
     s, n, f, u = 1, 4, 2, 2
     ops = (np.zeros(0, np.int64), np.zeros((0, s), np.float32), np.zeros((0, s), np.float32))
     rest = (np.full(s, 0.001), 0, 0.9, 0.999, 1e-7, 0.0)
-    tail = (np.zeros(s), np.zeros(s), 0.55, 32, noise_states([0]), np.zeros((1, 4, s), np.float32))
+    tail = (np.zeros(s), np.zeros(s), 0.55, np.zeros(2, np.int64), 32, noise_states([0]),
+            np.zeros((1, 4, s), np.float32))
     orders = np.zeros((1, s, n), np.int64)
     if "dense" in families:
         theta = np.zeros((s, (f + 2) * u + 1), np.float32)
@@ -260,6 +261,7 @@ class FusedBlocks:
         # the network's parameters (numpy views of its tensors) and their flat copy the loop trains
         self.params = [t.detach().numpy().reshape(s, -1) for t in tensors]
         self.theta = np.ascontiguousarray(np.concatenate(self.params, axis=1))
+        self.bounds = np.cumsum([0] + [p.shape[1] for p in self.params], dtype=np.int64)  # each tensor's offset
         self.moments = (np.zeros_like(self.theta), np.zeros_like(self.theta))
         self.input_ops = _ops([layers[i] for i in layout.input_ops], s)
         self.hidden_ops = _ops([*own, *(layers[i] for i in layout.hidden_ops)], s)
@@ -290,7 +292,8 @@ class FusedBlocks:
         common = (int(first), int(last), int(updates), self.orders, self.x_train, self.y_train, self.x_test,
                   self.y_test)
         training = (self.lr, self.optimizer, *self.betas, self.momentum)
-        extras = (self.label_flip, self.grad_eta, self.grad_gamma, self.batch_size, self.state, self.metrics)
+        extras = (self.label_flip, self.grad_eta, self.grad_gamma, self.bounds, self.batch_size, self.state,
+                  self.metrics)
         from reglab import fusedkernels
 
         if self.layout.kind == "lstm":
