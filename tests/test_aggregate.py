@@ -143,8 +143,21 @@ def _garbage_value(path):
     path.write_text("".join(lines))
 
 
+def _set_cell(column, value):
+    """A damage: the first data row's ``column`` set to the text ``value``."""
+    def damage(path):
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df.loc[0, column] = value
+        df.to_csv(path, index=False)
+    return damage
+
+
 @pytest.mark.parametrize("name, damage, message", [
     ("history.csv", lambda p: p.unlink(), "missing"),
+    ("history.csv", _set_cell("epoch_time_s", ""), "empty value in column 'epoch_time_s' at data row 1"),
+    ("history.csv", _set_cell("epoch_time_s", "nan"), "column 'epoch_time_s' has a bad value 'nan' at data row 1"),
+    ("history.csv", _set_cell("epoch", "1.5"), "column 'epoch' has a non-integer value '1.5' at data row 1"),
+    ("final.csv", _set_cell("seed", ""), "empty value in column 'seed' at data row 1"),
     ("final.csv", lambda p: p.unlink(), "missing"),
     ("meta.json", lambda p: p.unlink(), "missing"),
     ("history.csv", _truncate_mid_line, "truncated"),
