@@ -266,6 +266,19 @@ def test_without_random_draws_the_engines_agree(optimizer, data):
     np.testing.assert_allclose(fused.prob, autograd.prob, atol=1e-4)
 
 
+@pytest.mark.parametrize("features", [1, 3, 4, 5])
+def test_without_random_draws_the_engines_agree_for_any_number_of_input_features(features, data):
+    """The loop's hidden Dense takes its inputs two features a pass, and an odd one alone."""
+    columns = lambda x: np.stack([x[:, i % 2] * (1 + i // 2) - 0.1 * i for i in range(features)], axis=1)
+    wide = {k: columns(v).astype(np.float32) if k.startswith("x") else v for k, v in data.items()}
+    layers = [{"dense": {**DENSE, "units": 9, "activation": "relu"}}, HEAD]
+    fused = train(spec(layers, epochs=10), wide, [0, 1])
+    autograd = train(spec(layers, epochs=10), wide, [0, 1], engine="torch")
+    assert (fused.engine, autograd.engine) == ("fused", "torch")
+    for metric in fused.history:
+        np.testing.assert_allclose(fused.history[metric], autograd.history[metric], atol=1e-5, err_msg=metric)
+
+
 @pytest.mark.parametrize("optimizer", [ADAM, SGD])
 def test_without_random_draws_the_lstm_engines_agree(optimizer, sequences):
     """Within what the loop's approximate tanh and sigmoid (3e-7) allow, over 30 epochs."""

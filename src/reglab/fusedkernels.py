@@ -180,9 +180,12 @@ def _apply_ops(a, nb, codes, params, scales, r, s, saved, training):
                 if training and saved.shape[0] > 0:
                     mask = saved[k, b]
                     for u in range(row.shape[0]):
-                        mask[u] = np.float32(1.0) if row[u] > 0 else np.float32(0.0)
-                for u in range(row.shape[0]):
-                    row[u] = max(row[u], np.float32(0.0))
+                        positive = row[u] > 0
+                        mask[u] = np.float32(1.0) if positive else np.float32(0.0)
+                        row[u] = row[u] if positive else np.float32(0.0)
+                else:
+                    for u in range(row.shape[0]):
+                        row[u] = max(row[u], np.float32(0.0))
         elif not training:
             continue
         elif code == OP_NOISE:
@@ -248,13 +251,28 @@ def _bce(logit, y):
 
 @njit(**INLINE)
 def _dense(x, theta, f_in, units, out):
-    """``out = x @ w1 + b1`` for one sample ``x`` [F]; ``theta`` holds w1 (row-major [F, U]) then b1."""
+    """``out = x @ w1 + b1`` for one sample ``x`` [F]; ``theta`` holds w1 (row-major [F, U]) then b1.
+    Two input features per pass over ``out`` (the bias with the first two): a pass costs its loads and
+    stores, and the circles have two features, so theirs is one pass."""
     b1 = theta[f_in * units:(f_in + 1) * units]
+    if f_in == 0:
+        out[:] = b1
+        return
+    w0, x0 = theta[0:units], x[0]
+    if f_in == 1:
+        for u in range(units):
+            out[u] = b1[u] + x0 * w0[u]
+        return
+    w1, x1 = theta[units:2 * units], x[1]
     for u in range(units):
-        out[u] = b1[u]
-    for f in range(f_in):
-        xf = x[f]
-        w = theta[f * units:(f + 1) * units]
+        out[u] = b1[u] + x0 * w0[u] + x1 * w1[u]
+    for f in range(2, f_in - 1, 2):
+        wa, wb = theta[f * units:(f + 1) * units], theta[(f + 1) * units:(f + 2) * units]
+        xa, xb = x[f], x[f + 1]
+        for u in range(units):
+            out[u] += xa * wa[u] + xb * wb[u]
+    if f_in % 2 and f_in > 2:
+        w, xf = theta[(f_in - 1) * units:f_in * units], x[f_in - 1]
         for u in range(units):
             out[u] += xf * w[u]
 
