@@ -251,30 +251,24 @@ def _bce(logit, y):
 
 @njit(**INLINE)
 def _dense(x, theta, f_in, units, out):
-    """``out = x @ w1 + b1`` for one sample ``x`` [F]; ``theta`` holds w1 (row-major [F, U]) then b1.
-    Two input features per pass over ``out`` (the bias with the first two): a pass costs its loads and
-    stores, and the circles have two features, so theirs is one pass."""
+    """``out = x @ w1 + b1`` for one sample ``x`` [F] (F >= 1); ``theta`` holds w1 (row-major [F, U])
+    then b1. Two input features per pass over ``out`` (the bias with the first one or two): a pass
+    costs its loads and stores, and the circles have two features, so theirs is one pass."""
     b1 = theta[f_in * units:(f_in + 1) * units]
-    if f_in == 0:
-        out[:] = b1
-        return
     w0, x0 = theta[0:units], x[0]
-    if f_in == 1:
+    first = 2 - f_in % 2  # the features of the first pass: one when F is odd
+    if first == 1:
         for u in range(units):
             out[u] = b1[u] + x0 * w0[u]
-        return
-    w1, x1 = theta[units:2 * units], x[1]
-    for u in range(units):
-        out[u] = b1[u] + x0 * w0[u] + x1 * w1[u]
-    for f in range(2, f_in - 1, 2):
+    else:
+        w1, x1 = theta[units:2 * units], x[1]
+        for u in range(units):
+            out[u] = b1[u] + x0 * w0[u] + x1 * w1[u]
+    for f in range(first, f_in, 2):
         wa, wb = theta[f * units:(f + 1) * units], theta[(f + 1) * units:(f + 2) * units]
         xa, xb = x[f], x[f + 1]
         for u in range(units):
             out[u] += xa * wa[u] + xb * wb[u]
-    if f_in % 2 and f_in > 2:
-        w, xf = theta[(f_in - 1) * units:f_in * units], x[f_in - 1]
-        for u in range(units):
-            out[u] += xf * w[u]
 
 
 @njit(**JIT)
@@ -325,12 +319,18 @@ def _evaluate(x, y, theta, f_in, units, relu, z):
     loss = 0.0
     correct = 0
     for i in range(n):
-        _dense(x[i], theta, f_in, units, z)
         acc = np.float32(0.0)
-        if relu:
+        if f_in == 2 and relu:  # the circles: the Dense, ReLU and head in one pass, nothing stored
+            w0, w1, b1 = theta[0:units], theta[units:2 * units], theta[2 * units:3 * units]
+            x0, x1 = x[i, 0], x[i, 1]
+            for u in range(units):
+                acc += max(b1[u] + x0 * w0[u] + x1 * w1[u], np.float32(0.0)) * w2[u]
+        elif relu:
+            _dense(x[i], theta, f_in, units, z)
             for u in range(units):
                 acc += max(z[u], np.float32(0.0)) * w2[u]
         else:
+            _dense(x[i], theta, f_in, units, z)
             for u in range(units):
                 acc += z[u] * w2[u]
         logit = acc + b2
