@@ -271,6 +271,32 @@ def _dense(x, theta, f_in, units, out):
             out[u] += xa * wa[u] + xb * wb[u]
 
 
+@njit(**INLINE)
+def _dense_backward(x, gz, grad, f_in, units):
+    """Add one sample's gradients of ``x @ w1 + b1`` (``x`` [F], the output's gradient ``gz`` [U]) to
+    ``grad``, laid out as ``theta`` (:func:`_dense`): as there, two features per pass, the bias's
+    gradient with the first one or two."""
+    gb1 = grad[f_in * units:(f_in + 1) * units]
+    gw0, x0 = grad[0:units], x[0]
+    first = 2 - f_in % 2
+    if first == 1:
+        for u in range(units):
+            gb1[u] += gz[u]
+            gw0[u] += x0 * gz[u]
+    else:
+        gw1, x1 = grad[units:2 * units], x[1]
+        for u in range(units):
+            gb1[u] += gz[u]
+            gw0[u] += x0 * gz[u]
+            gw1[u] += x1 * gz[u]
+    for f in range(first, f_in, 2):
+        gwa, gwb = grad[f * units:(f + 1) * units], grad[(f + 1) * units:(f + 2) * units]
+        xa, xb = x[f], x[f + 1]
+        for u in range(units):
+            gwa[u] += xa * gz[u]
+            gwb[u] += xb * gz[u]
+
+
 @njit(**JIT)
 def _head(h, g, nb, b2, w2, gw2, gb2, targets, rows, hid_codes, hid_params, saved, r, loss_sum,
           correct):
@@ -362,7 +388,7 @@ def train_block(first, last, updates, orders, x_train, y_train, x_test, y_test, 
     n_rep, n_par = theta.shape
     f_in = x_train.shape[2]
     units = (n_par - 1) // (f_in + 2)
-    o_b1, o_w2, o_b2 = f_in * units, (f_in + 1) * units, (f_in + 2) * units
+    o_w2, o_b2 = (f_in + 1) * units, (f_in + 2) * units
     n = orders.shape[2]
     bmax = min(batch_size, n)
     a0 = np.empty((bmax, f_in), np.float32)
@@ -381,7 +407,6 @@ def train_block(first, last, updates, orders, x_train, y_train, x_test, y_test, 
         xr, yr = x_train[r if x_train.shape[0] > 1 else 0], y_train[r if y_train.shape[0] > 1 else 0]
         th, mr, vr = theta[r], m[r], v[r]
         w2, gw2 = th[o_w2:o_b2], grad[o_w2:o_b2]
-        gb1 = grad[o_b1:o_w2]
         step = updates
         s = state[r]
         for epoch in range(first, last):
@@ -411,16 +436,8 @@ def train_block(first, last, updates, orders, x_train, y_train, x_test, y_test, 
                 loss_sum, correct = _head(h, g, nb, th[o_b2], w2, gw2, grad[o_b2:], targets,
                                           orders[epoch, r, lo:lo + nb], hid_codes, hid_params, saved, r,
                                           loss_sum, correct)
-                # the Dense's gradients
-                for b in range(nb):
-                    gb = g[b]
-                    for u in range(units):
-                        gb1[u] += gb[u]
-                    for f in range(f_in):
-                        xf = a0[b, f]
-                        gw = grad[f * units:(f + 1) * units]
-                        for u in range(units):
-                            gw[u] += xf * gb[u]
+                for b in range(nb):  # the Dense's gradients
+                    _dense_backward(a0[b], g[b], grad, f_in, units)
                 s = gradient_noise(grad, bounds, grad_eta[r], grad_gamma, step, s)
                 step += 1
                 update(th, mr, vr, grad, optimizer, lr[r], step, beta_1, beta_2, epsilon, momentum)
