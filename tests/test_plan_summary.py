@@ -51,7 +51,7 @@ def workdir(tmp_path_factory):
     jobs differ in their runtime estimates."""
     config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
     config["threads"] = 2
-    config["studies"]["batchnorm"]["training"]["epochs"] = 6000
+    config["studies"]["batchnorm"]["training"]["epochs"] = 60000
     return make_workdir(tmp_path_factory.mktemp("plan"), config)
 
 

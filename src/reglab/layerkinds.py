@@ -31,15 +31,16 @@ torch 2.13 CPU, 1 thread):
   time step, which it materialises even without ``return_sequences``) and the memory estimate counts
   it for every sample of the dataset and every replica, as float32 (4 bytes), 16 times (the copies
   alive at once in the forward and backward passes, with headroom).
-- Time: ~5 s of start-up per job and per optimizer step ~3-5 ms for an MLP, ~14 ms for the CNN,
-  ~52 ms for the LSTM (config/config.yaml, one job at a time: 20 s for a 500-unit MLP of 4,000 steps
-  of 10 replicas, 9 s for the CNN's 300 steps, 18 s for the LSTM's 240 steps; two at a time on 2
-  cores 9-18 s for the 50-unit MLPs of 1,600 steps and 15-32 s for the 500-unit ones). Hence each
-  kind's ``step_seconds``, the per-step overhead of a network holding it (dense 5 ms, conv2d 20 ms,
-  lstm 60 ms; a network takes its largest), and ``macs``, the per-sample multiply-adds of its forward
-  pass: forward and backward are ~3x the forward's multiply-adds, 2 flops each, at 1.5 GFLOP/s.
-  With 50 seeds (4 jobs on 2 cores) 19-26 s for the 50-unit MLPs and 67-124 s for the 500-unit ones,
-  where per-replica random draws dominate.
+- Time (the autograd engine, 2026-12, one job at a time; the fused engine's loops have their own
+  estimate, reglab.fused.fused_epoch_seconds): ~8 s of start-up per job, then per optimizer step
+  ~1 ms for an MLP or the CNN and ~2.3 ms for the LSTM, plus per replica 13 us for the 50-unit BN
+  MLP, 159 us for the 500-unit dropout MLP, 0.5 ms for the CNN and 1.6 ms for the LSTM (10 against
+  50 seeds). Hence each kind's ``step_seconds``, the per-step overhead of a network holding it
+  (dense and conv2d 2 ms, lstm 4 ms; a network takes its largest), ``macs``, the per-sample
+  multiply-adds of its forward pass (training's forward and backward are ~3x them, the test pass
+  1x, 2 flops each), and ``flop_rate``, the flops per second they run at (dense 3 GFLOP/s: small
+  products; conv2d and lstm 15 GFLOP/s; a network takes the rate of the kind doing most of its
+  multiply-adds). The estimates stay above the measurements (up to ~2x for the CNN and LSTM).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class LayerKind:
     macs: Callable[[Shape, Shape, dict], int] = lambda shape, out, params: 0
     #: overhead in seconds per optimizer step of a network that holds this layer (see the module doc)
     step_seconds: float = 0.0
+    #: flops per second of the autograd engine on this layer (see the module doc)
+    flop_rate: float = 3e9
     #: options that may differ between the replicas of one model (they change no shape), each with
     #: the class of values that must still agree (None: any values may share a model)
     replica_options: dict = field(default_factory=dict)
@@ -203,7 +206,7 @@ _KINDS = [
         build=_build_dense,
         replica_options={"weight_noise": None, "max_norm": None},
         macs=lambda shape, out, params: shape[0] * params["units"],
-        step_seconds=0.005,
+        step_seconds=0.002,
     ),
     LayerKind(
         name="batch_norm",
@@ -299,7 +302,8 @@ _KINDS = [
         shape_rule=_conv2d_shape,
         build=_build_conv2d,
         macs=lambda shape, out, params: math.prod(out) * shape[0] * params["kernel_size"] ** 2,
-        step_seconds=0.020,
+        step_seconds=0.002,
+        flop_rate=15e9,
     ),
     LayerKind(
         name="max_pooling2d",
@@ -366,7 +370,8 @@ _KINDS = [
         activation_floats=lambda shape, out, params: shape[0] * params["units"],
         # per time step: 4 gates from the input and the previous hidden state
         macs=lambda shape, out, params: shape[0] * 4 * params["units"] * (shape[1] + params["units"]),
-        step_seconds=0.060,
+        step_seconds=0.004,
+        flop_rate=15e9,
     ),
 ]
 
@@ -381,6 +386,7 @@ class NetworkCost:
     activation_floats: int  # its largest layer's activation floats
     macs: int  # multiply-adds of a forward pass through all its layers
     step_seconds: float  # the per-step overhead of its most expensive kind
+    flop_rate: float  # the autograd engine's flops per second on the kind doing most multiply-adds
 
 
 def network_cost(layers: list[dict], input_shape: Shape) -> NetworkCost:
@@ -389,16 +395,20 @@ def network_cost(layers: list[dict], input_shape: Shape) -> NetworkCost:
     Options left out take their schema defaults (a validated config has them filled in already).
     """
     floats, macs, step, shape = 0, 0, 0.0, tuple(input_shape)
+    rate, most = LayerKind.flop_rate, -1
     for layer in layers:
         (name, params), = layer.items()
         kind = LAYER_KINDS[name]
         params = {**option_defaults(name), **(params or {})}
         out = kind.output_shape(shape, params)
         floats = max(floats, kind.activation_floats(shape, out, params))
-        macs += kind.macs(shape, out, params)
+        layer_macs = kind.macs(shape, out, params)
+        macs += layer_macs
         step = max(step, kind.step_seconds)
+        if layer_macs > most:
+            rate, most = kind.flop_rate, layer_macs
         shape = out
-    return NetworkCost(floats, macs, step)
+    return NetworkCost(floats, macs, step, rate)
 
 
 def option_defaults(name: str) -> dict:

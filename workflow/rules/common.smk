@@ -203,22 +203,21 @@ def train_mem_mb(wildcards, attempt):
     return int((base_mb + replicas * max(map(replica_mb, specs))) * attempt)
 
 
-#: per optimizer step and replica: drawing each replica's random numbers from its own generator
-#: (measured with 50 seeds of the 500-unit dropout model: ~0.3 ms more per step for each replica)
-REPLICA_STEP_SECONDS = 0.0003
+#: per optimizer step and replica, above its multiply-adds: the replica's own random draws and
+#: small per-replica operations (reglab.layerkinds' docstring has the measurements)
+REPLICA_STEP_SECONDS = 0.00001
 
 
 def train_seconds(wildcards):
     """Estimated seconds of a training job on one core: startup + per-step cost of each model it trains.
 
     10 s of startup, then for each model (one after another) per optimizer step its network's
-    overhead (the registry's `step_seconds`: 5 ms with dense layers only, 20 ms with a conv2d, 60 ms
-    with an LSTM) + REPLICA_STEP_SECONDS per replica + its forward and backward multiply-adds (3x
-    the registry's forward `macs`, 2 flops each) for every replica and sample of the batch at
-    1.5 GFLOP/s. The measured times behind these numbers are in reglab.layerkinds' docstring
-    (37 s for a 500-unit MLP of 10 seeds, 66 s of 50 seeds). A model the fused engine trains
-    (config's engine fused, reglab.fused.fused_layout) costs its replica-epochs at
-    reglab.fused.fused_epoch_seconds instead.
+    overhead (the registry's `step_seconds`: 2 ms, 4 ms with an LSTM) + REPLICA_STEP_SECONDS per
+    replica + its forward and backward multiply-adds (3x the registry's forward `macs`, 2 flops each)
+    for every replica and sample of the batch, and per epoch the test pass (1x), at the network's
+    `flop_rate`. The measured times behind these numbers are in reglab.layerkinds' docstring. A
+    model the fused engine trains (config's engine fused, reglab.fused.fused_layout) costs its
+    replica-epochs at reglab.fused.fused_epoch_seconds instead.
     """
     specs = train_specs(wildcards)
     seconds = 10
@@ -239,10 +238,10 @@ def train_seconds(wildcards):
         batch = min(batch_size, n_train)
         steps = spec["training"]["epochs"] * -(-n_train // batch_size)
         cost = variant_cost(spec)
-        flops = steps * replicas * batch * cost.macs * 3 * 2
+        flops = replicas * cost.macs * 2 * (steps * batch * 3 + spec["training"]["epochs"] * n_test)
         seconds += (
             steps * (cost.step_seconds + replicas * REPLICA_STEP_SECONDS)
-            + flops / 1.5e9
+            + flops / cost.flop_rate
         )
     return seconds
 
