@@ -238,7 +238,9 @@ def train_seconds(wildcards):
         batch = min(batch_size, n_train)
         steps = spec["training"]["epochs"] * -(-n_train // batch_size)
         cost = variant_cost(spec)
-        flops = replicas * cost.macs * 2 * (steps * batch * 3 + spec["training"]["epochs"] * n_test)
+        # samples through the network: training's forward and backward (3x), each epoch's test pass
+        passes = steps * batch * 3 + spec["training"]["epochs"] * n_test
+        flops = replicas * cost.macs * 2 * passes
         seconds += (
             steps * (cost.step_seconds + replicas * REPLICA_STEP_SECONDS)
             + flops / cost.flop_rate
