@@ -59,10 +59,10 @@ class Layout:
 
 #: measured seconds of the fused loops (one core, 2026-12). Dense: per sample and hidden unit and
 #: input feature (+2) of each epoch's training and test passes; the seed's 500-unit model on 30 + 70
-#: samples: 21 us a replica-epoch, 33 us with GaussianNoise in the hidden layer (15,000 normals). LSTM: per multiply-add of the gates' products (a test step's, and three
-#: times that for a training step: forward and two backward) and per unit and step of a training
-#: and of a test sequence (the cell's arithmetic); the rnn study's LSTM(32), 20 steps, 100 + 300
-#: sequences: 1.8 ms.
+#: samples: 21 us a replica-epoch, 33 us with GaussianNoise in the hidden layer (15,000 normals).
+#: LSTM: per multiply-add of the gates' products (a test step's, and three times that for a training
+#: step: forward and two backward) and per unit and step of a training and of a test sequence (the
+#: cell's arithmetic); the rnn study's LSTM(32), 20 steps, 100 + 300 sequences: 1.8 ms.
 SAMPLE_UNIT_SECONDS = 1.05e-10
 LSTM_MAC_SECONDS = 2.2e-11
 LSTM_TRAIN_UNIT_SECONDS = 4e-9

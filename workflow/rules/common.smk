@@ -1,10 +1,12 @@
 """Config validation and the input/param functions the rules share."""
 
 import datetime
+import functools
 import json
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
@@ -209,6 +211,13 @@ REPLICA_STEP_SECONDS = 0.00001
 
 
 def train_seconds(wildcards):
+    """Estimated seconds of a training job on one core (_train_seconds), computed once per job: the
+    job's priority, its time limit and the plan line all ask."""
+    return _train_seconds(wildcards.study, wildcards.pack, wildcards.chunk)
+
+
+@functools.cache
+def _train_seconds(study, pack, chunk):
     """Estimated seconds of a training job on one core: startup + per-step cost of each model it trains.
 
     10 s of startup, then for each model (one after another) per optimizer step its network's
@@ -219,6 +228,7 @@ def train_seconds(wildcards):
     model the fused engine trains (config's engine fused, reglab.fused.fused_layout) costs its
     replica-epochs at reglab.fused.fused_epoch_seconds instead.
     """
+    wildcards = SimpleNamespace(study=study, pack=pack, chunk=chunk)
     specs = train_specs(wildcards)
     seconds = 10
     for model in train_models(wildcards):
